@@ -1,0 +1,74 @@
+"""Checks of user input that raise ``ValueError``/``TypeError`` naming the bad value and the limit.
+
+Never ``assert``: ``python -O`` strips asserts, and these checks must still fire.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import Tensor
+
+__all__ = [
+    "check_choice",
+    "check_divisible",
+    "check_ids",
+    "check_positions",
+    "check_positive_int",
+    "check_rank",
+]
+
+
+def check_positive_int(name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__} {value!r}")
+    if value <= 0:
+        raise ValueError(f"{name} must be positive, got {value}")
+    return value
+
+
+def check_choice(name: str, value: Any, choices: Sequence[str]) -> str:
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {', '.join(map(repr, choices))}; got {value!r}")
+    return value
+
+
+def check_divisible(name: str, value: int, by_name: str, by: int) -> None:
+    if value % by:
+        raise ValueError(f"{name}={value} is not divisible by {by_name}={by}")
+
+
+def check_rank(name: str, tensor: Any, ranks: int | Sequence[int]) -> Tensor:
+    if not isinstance(tensor, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(tensor).__name__}")
+    allowed = (ranks,) if isinstance(ranks, int) else tuple(ranks)
+    if tensor.dim() not in allowed:
+        want = " or ".join(str(r) for r in allowed)
+        raise ValueError(f"{name} must have {want} dimensions, got shape {tuple(tensor.shape)}")
+    return tensor
+
+
+def check_ids(name: str, ids: Any, vocab_size: int) -> Tensor:
+    """Token ids: an integer tensor of rank 1 or 2 with every value in [0, vocab_size)."""
+    check_rank(name, ids, (1, 2))
+    if ids.dtype.is_floating_point or ids.dtype == torch.bool or ids.is_complex():
+        raise TypeError(f"{name} must hold integer token ids, got dtype {ids.dtype}")
+    if ids.numel():
+        lo, hi = int(ids.min()), int(ids.max())
+        if lo < 0:
+            raise ValueError(f"{name} holds id {lo} < 0; ids must lie in [0, {vocab_size})")
+        if hi >= vocab_size:
+            raise ValueError(f"{name} holds id {hi} >= vocab size {vocab_size}; ids must lie in [0, {vocab_size})")
+    return ids
+
+
+def check_positions(positions: Any, name: str = "positions") -> Tensor:
+    """Positions: an integer tensor ``(T,)`` or ``(B, T)`` with no negative value."""
+    check_rank(name, positions, (1, 2))
+    if positions.dtype.is_floating_point or positions.dtype == torch.bool:
+        raise TypeError(f"{name} must be an integer tensor, got dtype {positions.dtype}")
+    if positions.numel() and int(positions.min()) < 0:
+        raise ValueError(f"{name} holds {int(positions.min())}; positions must be >= 0")
+    return positions

@@ -1,0 +1,255 @@
+"""The positional-encoding protocol and the registry of encodings by name.
+
+Every encoding is an ``nn.Module`` with up to three hooks. Attention calls them without knowing which
+encoding it holds, and never branches on an encoding's name:
+
+* ``embed(x, positions)`` -- absolute encodings act on the token embeddings (add or concatenate);
+* ``rotate(q, k, q_pos, k_pos)`` -- multiplicative encodings rotate queries and keys (RoPE, xPos);
+* ``bias(q_pos, k_pos)`` -- additive encodings return a logits bias ``(H, Tq, Tk)`` or ``(B, H, Tq, Tk)``
+  (ALiBi, T5, Kerple, FIRE).
+
+Two smaller hooks serve the families that need them: ``prepare_positions`` lets an encoding replace the
+positions of a whole forward pass once (randomized positions), and ``value_term`` adds a term computed from
+the attention weights (Shaw et al.'s relative values; attention then takes its plain math path).
+
+The defaults are identities, so the base class *is* NoPE. Positions are explicit integer tensors,
+``(T,)`` or ``(B, T)``, everywhere.
+
+Legend: B batch, H heads, T length (Tq queries, Tk keys), D model width, Dh head width.
+"""
+
+from __future__ import annotations
+
+import inspect
+import typing
+from collections.abc import Callable, Sequence
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor, nn
+
+__all__ = [
+    "CONTEXT_KEYS",
+    "PositionalEncoding",
+    "build",
+    "build_per_layer",
+    "names",
+    "options",
+    "parse_spec",
+    "register",
+]
+
+# Keywords a model hands to ``build`` about itself. An encoding takes the ones it needs; the others are ignored.
+CONTEXT_KEYS = frozenset({"d_model", "num_heads", "head_dim", "causal"})
+
+_REGISTRY: dict[str, type[PositionalEncoding]] = {}
+
+
+class PositionalEncoding(nn.Module):
+    """Base class of every encoding; on its own it is NoPE (no positional information at all)."""
+
+    name: ClassVar[str] = "none"
+    #: True when attention must store keys *before* ``rotate`` and re-rotate the whole cache each step
+    #: (encodings whose rotation depends on the current length, e.g. dynamic NTK).
+    rotate_after_cache: ClassVar[bool] = False
+
+    # -- the three hooks ---------------------------------------------------------------------------------
+    def embed(self, x: Tensor, positions: Tensor) -> Tensor:
+        """Token embeddings ``(B, T, D_in)`` -> ``(B, T, D)``. Identity by default."""
+        return x
+
+    def rotate(self, q: Tensor, k: Tensor, q_pos: Tensor, k_pos: Tensor) -> tuple[Tensor, Tensor]:
+        """Queries ``(B, H, Tq, Dh)`` and keys ``(B, H, Tk, Dh)`` -> the same shapes. Identity by default."""
+        return q, k
+
+    def bias(self, q_pos: Tensor, k_pos: Tensor) -> Tensor | None:
+        """Additive logits bias ``(H, Tq, Tk)`` (or ``(B, H, Tq, Tk)`` for batched positions), or None."""
+        return None
+
+    # -- the two small extra hooks -----------------------------------------------------------------------
+    def prepare_positions(self, positions: Tensor) -> Tensor:
+        """Called once per stack forward; may replace the positions every layer then sees."""
+        return positions
+
+    def value_term(self, weights: Tensor, q_pos: Tensor, k_pos: Tensor) -> Tensor | None:
+        """Extra output from attention weights ``(B, H, Tq, Tk)`` -> ``(B, H, Tq, Dh)``, or None."""
+        return None
+
+    # -- what the encoding changes about the model -------------------------------------------------------
+    def input_width(self, d_model: int) -> int:
+        """Width of the token embeddings ``embed`` expects (less than ``d_model`` when concatenating)."""
+        return d_model
+
+    @property
+    def uses_embed(self) -> bool:
+        return type(self).embed is not PositionalEncoding.embed
+
+    @property
+    def uses_rotate(self) -> bool:
+        return type(self).rotate is not PositionalEncoding.rotate
+
+    @property
+    def uses_bias(self) -> bool:
+        return type(self).bias is not PositionalEncoding.bias
+
+    @property
+    def uses_value_term(self) -> bool:
+        return type(self).value_term is not PositionalEncoding.value_term
+
+    @property
+    def uses_prepare_positions(self) -> bool:
+        return type(self).prepare_positions is not PositionalEncoding.prepare_positions
+
+    def extra_repr(self) -> str:
+        return f"name={self.name!r}"
+
+
+# -- registry ------------------------------------------------------------------------------------------------
+def register(name: str) -> Callable[[type[PositionalEncoding]], type[PositionalEncoding]]:
+    """Class decorator: make an encoding buildable as ``build(name, ...)``."""
+
+    def deco(cls: type[PositionalEncoding]) -> type[PositionalEncoding]:
+        if name in _REGISTRY and _REGISTRY[name] is not cls:
+            raise ValueError(f"encoding name {name!r} is already registered to {_REGISTRY[name].__name__}")
+        cls.name = name
+        _REGISTRY[name] = cls
+        return cls
+
+    return deco
+
+
+def names() -> list[str]:
+    """The registered encoding names, sorted."""
+    return sorted(_REGISTRY)
+
+
+def _lookup(name: str) -> type[PositionalEncoding]:
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise ValueError(f"unknown positional encoding {name!r}; valid names: {', '.join(names())}") from None
+
+
+def _parameters(cls: type[PositionalEncoding]) -> dict[str, inspect.Parameter]:
+    sig = inspect.signature(cls.__init__)
+    return {
+        p.name: p
+        for p in sig.parameters.values()
+        if p.name != "self" and p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)
+    }
+
+
+def options(name: str) -> dict[str, Any]:
+    """The user options of encoding ``name`` with their defaults (context keywords excluded)."""
+    params = _parameters(_lookup(name))
+    return {k: (None if p.default is p.empty else p.default) for k, p in params.items() if k not in CONTEXT_KEYS}
+
+
+def _coerce(value: str, hint: Any) -> Any:
+    """Turn the text of a spec option into the type the constructor declares."""
+    low = value.strip().lower()
+    if low in ("none", "null"):
+        return None
+    args = typing.get_args(hint) or (hint,)
+    if bool in args:
+        if low in ("true", "1", "yes", "on"):
+            return True
+        if low in ("false", "0", "no", "off"):
+            return False
+    if int in args:
+        try:
+            return int(value)
+        except ValueError:
+            pass
+    if float in args:
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    if str in args or typing.get_origin(hint) is typing.Literal:
+        return value.strip()
+    # Unannotated or unusual: best effort.
+    for conv in (int, float):
+        try:
+            return conv(value)
+        except ValueError:
+            continue
+    return value.strip()
+
+
+def parse_spec(spec: str) -> tuple[str, dict[str, Any]]:
+    """``"rope:base=5e5,scaling=yarn"`` -> ``("rope", {"base": 500000.0, "scaling": "yarn"})``.
+
+    Values take the type the encoding's constructor declares for them.
+    """
+    if not isinstance(spec, str) or not spec.strip():
+        raise ValueError(f"an encoding spec must be a non-empty string like 'rope:base=10000', got {spec!r}")
+    name, _, rest = spec.strip().partition(":")
+    cls = _lookup(name.strip())
+    hints = typing.get_type_hints(cls.__init__)
+    opts: dict[str, Any] = {}
+    for item in filter(None, (s.strip() for s in rest.split(","))):
+        key, eq, value = item.partition("=")
+        key = key.strip()
+        if not eq:
+            raise ValueError(f"option {item!r} in encoding spec {spec!r} must look like key=value")
+        opts[key] = _coerce(value, hints.get(key))
+    return name.strip(), opts
+
+
+def build(spec: str | PositionalEncoding, **kwargs: Any) -> PositionalEncoding:
+    """Build an encoding from a name or spec string plus keyword options.
+
+    ``kwargs`` may hold user options and the model's context (``d_model``, ``num_heads``, ``head_dim``,
+    ``causal``); context an encoding does not take is ignored, an unknown option is a ``ValueError``
+    that lists the valid ones. An already built module is returned as is.
+    """
+    if isinstance(spec, PositionalEncoding):
+        return spec
+    name, opts = parse_spec(spec)
+    cls = _lookup(name)
+    params = _parameters(cls)
+    context = {k: v for k, v in kwargs.items() if k in CONTEXT_KEYS}
+    user = {k: v for k, v in kwargs.items() if k not in CONTEXT_KEYS}
+    for key in list(opts) + list(user):
+        if key not in params:
+            valid = ", ".join(sorted(options(name))) or "(none)"
+            raise ValueError(f"encoding {name!r} has no option {key!r}; valid options: {valid}")
+    merged = {k: v for k, v in context.items() if k in params}
+    merged.update(opts)
+    merged.update(user)
+    missing = [k for k, p in params.items() if p.default is p.empty and k not in merged]
+    if missing:
+        raise ValueError(f"encoding {name!r} needs {', '.join(missing)} (give them as keyword arguments)")
+    return cls(**merged)
+
+
+def build_per_layer(
+    spec: str | PositionalEncoding | Sequence[str | PositionalEncoding], num_layers: int, **context: Any
+) -> list[PositionalEncoding]:
+    """One encoding per layer of a stack.
+
+    A single spec gives one module shared by every layer (one table per stack, as T5 does). A list gives
+    one entry per layer; entries with the same spec string share one module.
+    """
+    if isinstance(spec, (str, PositionalEncoding)):
+        shared = build(spec, **context)
+        return [shared] * num_layers
+    specs = list(spec)
+    if len(specs) != num_layers:
+        raise ValueError(f"got {len(specs)} per-layer encodings for a stack of {num_layers} layers")
+    built: dict[str, PositionalEncoding] = {}
+    out = []
+    for s in specs:
+        if isinstance(s, PositionalEncoding):
+            out.append(s)
+            continue
+        if s not in built:
+            built[s] = build(s, **context)
+        out.append(built[s])
+    return out
+
+
+def default_positions(length: int, device: torch.device | None = None) -> Tensor:
+    """``arange(length)``: the positions of a plain, unpadded sequence, ``(T,)``."""
+    return torch.arange(length, device=device)

@@ -1,0 +1,152 @@
+"""The position-wise feed-forward network and the encoder and decoder layers (Vaswani et al. 2017, section 3).
+
+    FFN(x) = W2 · dropout(activation(W1 x + b1)) + b2
+
+Post-norm (the paper, ``norm_first=False``): x = LayerNorm(x + Dropout(Sublayer(x))).
+Pre-norm (``norm_first=True``, more stable for deep stacks): x = x + Dropout(Sublayer(LayerNorm(x))).
+Parameter names follow ``torch.nn.TransformerEncoderLayer`` / ``TransformerDecoderLayer`` where they can.
+
+Legend: B batch, T target length, S source length, D model width.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .attention import AttentionMask, MultiHeadAttention
+from .cache import LayerCache
+from .encodings.base import PositionalEncoding
+
+__all__ = ["DecoderLayer", "EncoderLayer", "FeedForward", "activation_fn"]
+
+_ACTIVATIONS: dict[str, Callable[[Tensor], Tensor]] = {"relu": F.relu, "gelu": F.gelu, "silu": F.silu}
+
+
+def activation_fn(activation: str | Callable[[Tensor], Tensor]) -> Callable[[Tensor], Tensor]:
+    if callable(activation):
+        return activation
+    if activation not in _ACTIVATIONS:
+        raise ValueError(f"activation must be one of {', '.join(_ACTIVATIONS)} or a callable; got {activation!r}")
+    return _ACTIVATIONS[activation]
+
+
+class FeedForward(nn.Module):
+    """Two linear maps with an activation between them, applied at each position alike."""
+
+    def __init__(
+        self, *, d_model: int, dim_feedforward: int, dropout: float = 0.1, activation: str | Callable = "relu", bias: bool = True
+    ) -> None:
+        super().__init__()
+        self.linear1 = nn.Linear(d_model, dim_feedforward, bias=bias)
+        self.dropout = nn.Dropout(dropout)
+        self.linear2 = nn.Linear(dim_feedforward, d_model, bias=bias)
+        self.activation = activation_fn(activation)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.linear2(self.dropout(self.activation(self.linear1(x))))  # (B, T, D)
+
+
+class EncoderLayer(nn.Module):
+    """Self-attention and feed-forward, each in a residual block; causal when used in a decoder-only model."""
+
+    def __init__(
+        self,
+        *,
+        d_model: int,
+        num_heads: int,
+        dim_feedforward: int = 2048,
+        dropout: float = 0.1,
+        activation: str | Callable = "relu",
+        norm_first: bool = False,
+        layer_norm_eps: float = 1e-5,
+        bias: bool = True,
+        encoding: PositionalEncoding | None = None,
+    ) -> None:
+        super().__init__()
+        self.self_attn = MultiHeadAttention(
+            d_model=d_model, num_heads=num_heads, dropout=dropout, bias=bias, encoding=encoding
+        )
+        self.ff = FeedForward(
+            d_model=d_model, dim_feedforward=dim_feedforward, dropout=dropout, activation=activation, bias=bias
+        )
+        self.norm1 = nn.LayerNorm(d_model, eps=layer_norm_eps, bias=bias)
+        self.norm2 = nn.LayerNorm(d_model, eps=layer_norm_eps, bias=bias)
+        self.dropout1, self.dropout2 = nn.Dropout(dropout), nn.Dropout(dropout)
+        self.norm_first = norm_first
+
+    def forward(
+        self,
+        x: Tensor,
+        *,
+        mask: AttentionMask | None = None,
+        q_pos: Tensor | None = None,
+        k_pos: Tensor | None = None,
+        cache: LayerCache | None = None,
+    ) -> Tensor:
+        def sa(h: Tensor) -> Tensor:
+            return self.dropout1(self.self_attn(h, mask=mask, q_pos=q_pos, k_pos=k_pos, cache=cache))
+
+        if self.norm_first:
+            x = x + sa(self.norm1(x))
+            return x + self.dropout2(self.ff(self.norm2(x)))
+        x = self.norm1(x + sa(x))
+        return self.norm2(x + self.dropout2(self.ff(x)))  # (B, T, D)
+
+
+class DecoderLayer(nn.Module):
+    """Self-attention over the target, cross-attention over the memory, feed-forward; three residual blocks."""
+
+    def __init__(
+        self,
+        *,
+        d_model: int,
+        num_heads: int,
+        dim_feedforward: int = 2048,
+        dropout: float = 0.1,
+        activation: str | Callable = "relu",
+        norm_first: bool = False,
+        layer_norm_eps: float = 1e-5,
+        bias: bool = True,
+        encoding: PositionalEncoding | None = None,
+    ) -> None:
+        super().__init__()
+        self.self_attn = MultiHeadAttention(
+            d_model=d_model, num_heads=num_heads, dropout=dropout, bias=bias, encoding=encoding
+        )
+        self.cross_attn = MultiHeadAttention(d_model=d_model, num_heads=num_heads, dropout=dropout, bias=bias, cross=True)
+        self.ff = FeedForward(
+            d_model=d_model, dim_feedforward=dim_feedforward, dropout=dropout, activation=activation, bias=bias
+        )
+        self.norm1 = nn.LayerNorm(d_model, eps=layer_norm_eps, bias=bias)
+        self.norm2 = nn.LayerNorm(d_model, eps=layer_norm_eps, bias=bias)
+        self.norm3 = nn.LayerNorm(d_model, eps=layer_norm_eps, bias=bias)
+        self.dropout1, self.dropout2, self.dropout3 = nn.Dropout(dropout), nn.Dropout(dropout), nn.Dropout(dropout)
+        self.norm_first = norm_first
+
+    def forward(
+        self,
+        x: Tensor,
+        memory: Tensor | None,
+        *,
+        self_mask: AttentionMask | None = None,
+        memory_mask: AttentionMask | None = None,
+        q_pos: Tensor | None = None,
+        k_pos: Tensor | None = None,
+        cache: LayerCache | None = None,
+    ) -> Tensor:
+        def sa(h: Tensor) -> Tensor:
+            return self.dropout1(self.self_attn(h, mask=self_mask, q_pos=q_pos, k_pos=k_pos, cache=cache))
+
+        def ca(h: Tensor) -> Tensor:
+            return self.dropout2(self.cross_attn(h, memory, mask=memory_mask, cache=cache))
+
+        if self.norm_first:
+            x = x + sa(self.norm1(x))
+            x = x + ca(self.norm2(x))
+            return x + self.dropout3(self.ff(self.norm3(x)))
+        x = self.norm1(x + sa(x))
+        x = self.norm2(x + ca(x))
+        return self.norm3(x + self.dropout3(self.ff(x)))  # (B, T, D)

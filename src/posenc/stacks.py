@@ -1,0 +1,258 @@
+"""Encoder and decoder stacks: drop-ins for ``torch.nn.TransformerEncoder`` / ``TransformerDecoder``.
+
+The constructors and ``forward`` arguments follow torch's (masks in its conventions, ``batch_first``), plus a
+``positional_encoding`` (a registered name, a spec like ``"rope:base=5e5"``, a built module, or a list with one
+entry per layer) and explicit ``positions``. Inputs are embeddings, as in torch; the stack applies the encoding.
+
+Positions default to ``arange(T)``; with a bool key-padding mask they count each sequence's real tokens, so a
+left-padded sequence starts at position 0; with a cache they continue from the cached tokens.
+
+Legend: B batch, T target length, S source length, D model width, H heads.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from ._checks import check_divisible, check_positions, check_positive_int, check_rank
+from .attention import build_mask
+from .cache import StackCache
+from .encodings import PositionalEncoding, build_per_layer
+from .layers import DecoderLayer, EncoderLayer
+
+__all__ = ["EncodingSpec", "TransformerDecoder", "TransformerEncoder"]
+
+EncodingSpec = str | PositionalEncoding | Sequence[str | PositionalEncoding]
+
+
+def _positions(
+    positions: Tensor | None, padding: Tensor | None, cache: StackCache | None, batch: int, length: int, device: torch.device
+) -> Tensor:
+    """The positions of the T new tokens: ``(T,)`` or ``(B, T)``."""
+    if positions is not None:
+        check_positions(positions)
+        if positions.shape[-1] != length or (positions.dim() == 2 and positions.shape[0] != batch):
+            raise ValueError(f"positions of shape {tuple(positions.shape)} do not match a ({batch}, {length}) input")
+        return positions.to(device)
+    if cache is not None:
+        return cache.next_positions(padding, batch, length, device)
+    if padding is not None:
+        return ((~padding).long().cumsum(dim=1) - 1).clamp(min=0)  # (B, T): real tokens counted
+    return torch.arange(length, device=device)
+
+
+def _bool_padding(mask: Tensor | None) -> Tensor | None:
+    return mask if (mask is not None and mask.dtype == torch.bool) else None
+
+
+class _Stack(nn.Module):
+    """What encoder and decoder stacks share: per-layer encodings, positions, the input embedding hook."""
+
+    layers: nn.ModuleList
+
+    def _setup_encodings(self, spec: EncodingSpec, num_layers: int, d_model: int, nhead: int, causal: bool) -> list[PositionalEncoding]:
+        check_positive_int("nhead", nhead)
+        check_positive_int("d_model", d_model)
+        check_positive_int("num_layers", num_layers)
+        check_divisible("d_model", d_model, "nhead", nhead)
+        encs = build_per_layer(spec, num_layers, d_model=d_model, num_heads=nhead, head_dim=d_model // nhead, causal=causal)
+        # An absolute encoding acts on the input of the first layer that holds it.
+        self.embed_at = [i for i, e in enumerate(encs) if e.uses_embed and (i == 0 or e is not encs[i - 1])]
+        for i in self.embed_at:
+            if i > 0 and encs[i].input_width(d_model) != d_model:
+                raise ValueError(f"layer {i}: an encoding that changes the width ({encs[i].name}, concat) must be in layer 0")
+        self.input_width = encs[0].input_width(d_model)
+        self.d_model, self.nhead = d_model, nhead
+        self._layer_encodings = encs
+        return encs
+
+    def _check_input(self, name: str, x: Tensor) -> Tensor:
+        check_rank(name, x, 3)
+        if not self.batch_first:
+            x = x.transpose(0, 1)  # (T, B, D) -> (B, T, D)
+        if x.shape[-1] != self.input_width:
+            raise ValueError(f"{name} has width {x.shape[-1]}, expected {self.input_width} (d_model={self.d_model})")
+        return x
+
+    def _prepared(self, q_pos: Tensor, k_pos: Tensor) -> dict[int, tuple[Tensor, Tensor]]:
+        """Each distinct encoding may replace the positions once per forward (randomized positions)."""
+        out: dict[int, tuple[Tensor, Tensor]] = {}
+        for enc in self._layer_encodings:
+            if id(enc) in out:
+                continue
+            if enc.uses_prepare_positions:
+                kp = enc.prepare_positions(k_pos)
+                out[id(enc)] = (kp[..., -q_pos.shape[-1]:], kp)
+            else:
+                out[id(enc)] = (q_pos, k_pos)
+        return out
+
+    def _begin(
+        self, x: Tensor, positions: Tensor | None, padding: Tensor | None, cache: StackCache | None
+    ) -> tuple[Tensor, Tensor, Tensor | None]:
+        """Query positions, key positions and key padding of this forward (the cache is extended here)."""
+        batch, length = x.shape[:2]
+        if padding is not None and tuple(padding.shape) != (batch, length):
+            raise ValueError(f"key padding mask must be (batch, length) = ({batch}, {length}), got {tuple(padding.shape)}")
+        q_pos = _positions(positions, _bool_padding(padding), cache, batch, length, x.device)
+        if cache is None:
+            return q_pos, q_pos, padding
+        if q_pos.dim() == 1:
+            q_pos = q_pos.expand(batch, length)
+        k_pos, k_pad = cache.extend(q_pos, _bool_padding(padding))
+        return q_pos, k_pos, k_pad
+
+    def _walk(
+        self, x: Tensor, prepared: dict[int, tuple[Tensor, Tensor]], step: Callable[[int, Tensor, Tensor, Tensor], Tensor]
+    ) -> Tensor:
+        """Run the layers: each distinct absolute encoding embeds at its first layer, dropout at the input."""
+        for i in range(len(self.layers)):
+            enc = self._layer_encodings[i]
+            qp, kp = prepared[id(enc)]
+            if i in self.embed_at:
+                x = enc.embed(x, qp)
+            if i == 0:
+                x = self.dropout(x)  # on the sum of embeddings and encodings (paper, section 5.4)
+            x = step(i, x, qp, kp)
+        if self.norm is not None:
+            x = self.norm(x)
+        return x if self.batch_first else x.transpose(0, 1)
+
+    def new_cache(self) -> StackCache:
+        return StackCache.empty(len(self.layers))
+
+
+class TransformerEncoder(_Stack):
+    """A stack of self-attention layers: bidirectional, or causal (``causal=True``, a decoder-only model)."""
+
+    def __init__(
+        self,
+        *,
+        d_model: int = 512,
+        nhead: int = 8,
+        num_layers: int = 6,
+        dim_feedforward: int = 2048,
+        dropout: float = 0.1,
+        activation: str | Callable = "relu",
+        positional_encoding: EncodingSpec = "sinusoidal",
+        layer_norm_eps: float = 1e-5,
+        batch_first: bool = True,
+        norm_first: bool = False,
+        bias: bool = True,
+        final_norm: bool = True,
+        causal: bool = False,
+    ) -> None:
+        super().__init__()
+        encs = self._setup_encodings(positional_encoding, num_layers, d_model, nhead, causal)
+        self.layers = nn.ModuleList(
+            EncoderLayer(
+                d_model=d_model, num_heads=nhead, dim_feedforward=dim_feedforward, dropout=dropout,
+                activation=activation, norm_first=norm_first, layer_norm_eps=layer_norm_eps, bias=bias, encoding=e,
+            )
+            for e in encs
+        )
+        self.norm = nn.LayerNorm(d_model, eps=layer_norm_eps, bias=bias) if final_norm else None
+        self.dropout = nn.Dropout(dropout)
+        self.batch_first, self.causal = batch_first, causal
+
+    def forward(
+        self,
+        src: Tensor,
+        mask: Tensor | None = None,
+        src_key_padding_mask: Tensor | None = None,
+        is_causal: bool | None = None,
+        *,
+        positions: Tensor | None = None,
+        cache: StackCache | None = None,
+    ) -> Tensor:
+        """``src`` ``(B, T, D_in)`` embeddings -> ``(B, T, D)``. ``is_causal`` adds a causal mask."""
+        x = self._check_input("src", src)
+        q_pos, k_pos, k_pad = self._begin(x, positions, src_key_padding_mask, cache)
+        amask = build_mask(
+            mask, k_pad, causal=self.causal or bool(is_causal), batch=x.shape[0], heads=self.nhead,
+            q_len=x.shape[1], k_len=k_pos.shape[-1], device=x.device,
+        )
+
+        def step(i: int, h: Tensor, qp: Tensor, kp: Tensor) -> Tensor:
+            layer_cache = None if cache is None else cache.layers[i]
+            return self.layers[i](h, mask=amask, q_pos=qp, k_pos=kp, cache=layer_cache)
+
+        return self._walk(x, self._prepared(q_pos, k_pos), step)
+
+
+class TransformerDecoder(_Stack):
+    """Decoder layers: self-attention over the target (causal via ``tgt_mask`` / ``tgt_is_causal`` as in torch,
+    or always with ``causal=True``), cross-attention over the encoder's memory, feed-forward."""
+
+    def __init__(
+        self,
+        *,
+        d_model: int = 512,
+        nhead: int = 8,
+        num_layers: int = 6,
+        dim_feedforward: int = 2048,
+        dropout: float = 0.1,
+        activation: str | Callable = "relu",
+        positional_encoding: EncodingSpec = "sinusoidal",
+        layer_norm_eps: float = 1e-5,
+        batch_first: bool = True,
+        norm_first: bool = False,
+        bias: bool = True,
+        final_norm: bool = True,
+        causal: bool = False,
+    ) -> None:
+        super().__init__()
+        # Decoder self-attention is causal in use, so its encodings are built for the causal case.
+        encs = self._setup_encodings(positional_encoding, num_layers, d_model, nhead, True)
+        self.layers = nn.ModuleList(
+            DecoderLayer(
+                d_model=d_model, num_heads=nhead, dim_feedforward=dim_feedforward, dropout=dropout,
+                activation=activation, norm_first=norm_first, layer_norm_eps=layer_norm_eps, bias=bias, encoding=e,
+            )
+            for e in encs
+        )
+        self.norm = nn.LayerNorm(d_model, eps=layer_norm_eps, bias=bias) if final_norm else None
+        self.dropout = nn.Dropout(dropout)
+        self.batch_first, self.causal = batch_first, causal
+
+    def forward(
+        self,
+        tgt: Tensor,
+        memory: Tensor,
+        tgt_mask: Tensor | None = None,
+        memory_mask: Tensor | None = None,
+        tgt_key_padding_mask: Tensor | None = None,
+        memory_key_padding_mask: Tensor | None = None,
+        tgt_is_causal: bool | None = None,
+        memory_is_causal: bool = False,
+        *,
+        positions: Tensor | None = None,
+        cache: StackCache | None = None,
+    ) -> Tensor:
+        """``tgt`` ``(B, T, D_in)``, ``memory`` ``(B, S, D)`` -> ``(B, T, D)``."""
+        x = self._check_input("tgt", tgt)
+        check_rank("memory", memory, 3)
+        mem = memory if self.batch_first else memory.transpose(0, 1)
+        if mem.shape[0] != x.shape[0]:
+            raise ValueError(f"tgt has batch size {x.shape[0]} but memory has {mem.shape[0]}")
+        batch, length = x.shape[:2]
+        q_pos, k_pos, k_pad = self._begin(x, positions, tgt_key_padding_mask, cache)
+        self_mask = build_mask(
+            tgt_mask, k_pad, causal=self.causal or bool(tgt_is_causal), batch=batch, heads=self.nhead,
+            q_len=length, k_len=k_pos.shape[-1], device=x.device,
+        )
+        mem_mask = build_mask(
+            memory_mask, memory_key_padding_mask, causal=bool(memory_is_causal), batch=batch, heads=self.nhead,
+            q_len=length, k_len=mem.shape[1], device=x.device,
+        )
+
+        def step(i: int, h: Tensor, qp: Tensor, kp: Tensor) -> Tensor:
+            layer_cache = None if cache is None else cache.layers[i]
+            return self.layers[i](
+                h, mem, self_mask=self_mask, memory_mask=mem_mask, q_pos=qp, k_pos=kp, cache=layer_cache
+            )
+
+        return self._walk(x, self._prepared(q_pos, k_pos), step)

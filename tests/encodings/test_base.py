@@ -1,0 +1,68 @@
+import pytest
+import torch
+
+from posenc import encodings
+from posenc.encodings import PositionalEncoding, build, build_per_layer, names, parse_spec
+
+
+def test_core_names_registered():
+    assert {"none", "sinusoidal", "learned"} <= set(names())
+
+
+def test_unknown_name_lists_valid_ones():
+    with pytest.raises(ValueError, match="unknown positional encoding 'sinusoid'.*sinusoidal"):
+        build("sinusoid", d_model=8)
+
+
+def test_unknown_option_lists_valid_ones():
+    with pytest.raises(ValueError, match="no option 'layot'.*layout"):
+        build("sinusoidal:layot=concat", d_model=8)
+    with pytest.raises(ValueError, match="no option 'size'"):
+        build("learned", d_model=8, size=3)
+
+
+def test_spec_values_take_declared_types():
+    name, opts = parse_spec("sinusoidal: layout=concat, scale_input=true, base=5e3, dim=4")
+    assert name == "sinusoidal"
+    assert opts == {"layout": "concat", "scale_input": True, "base": 5000.0, "dim": 4}
+    assert isinstance(opts["dim"], int) and isinstance(opts["base"], float)
+
+
+def test_malformed_spec():
+    with pytest.raises(ValueError, match="key=value"):
+        parse_spec("sinusoidal:concat")
+    with pytest.raises(ValueError, match="non-empty"):
+        parse_spec("")
+
+
+def test_context_not_taken_is_ignored_and_missing_is_named():
+    enc = build("none", d_model=8, num_heads=2, causal=True)
+    assert isinstance(enc, encodings.NoPE)
+    with pytest.raises(ValueError, match="needs d_model"):
+        build("sinusoidal")
+
+
+def test_nope_is_identity():
+    enc = PositionalEncoding()
+    x = torch.randn(2, 3, 4)
+    q, k = torch.randn(2, 1, 3, 4), torch.randn(2, 1, 3, 4)
+    pos = torch.arange(3)
+    assert enc.embed(x, pos) is x
+    assert enc.rotate(q, k, pos, pos) == (q, k)
+    assert enc.bias(pos, pos) is None
+    assert not (enc.uses_embed or enc.uses_rotate or enc.uses_bias)
+
+
+def test_per_layer_sharing():
+    shared = build_per_layer("learned", 3, d_model=4)
+    assert shared[0] is shared[1] is shared[2]
+    per = build_per_layer(["learned", "none", "learned"], 3, d_model=4)
+    assert per[0] is per[2] and per[1] is not per[0]
+    with pytest.raises(ValueError, match="2 per-layer encodings for a stack of 3"):
+        build_per_layer(["none", "none"], 3)
+
+
+def test_options_lists_defaults():
+    opts = encodings.options("sinusoidal")
+    assert opts["layout"] == "interleaved" and opts["combine"] == "add"
+    assert "d_model" not in opts

@@ -1,0 +1,97 @@
+import pytest
+import torch
+
+from posenc.nn import Transformer, TransformerEncoder
+
+
+def _pair(norm_first, batch_first=True, activation="relu"):
+    ref = torch.nn.Transformer(
+        d_model=32, nhead=4, num_encoder_layers=2, num_decoder_layers=2, dim_feedforward=64, dropout=0.0,
+        activation=activation, batch_first=batch_first, norm_first=norm_first,
+    )
+    return ref, Transformer.from_torch(ref, positional_encoding="none")
+
+
+@pytest.mark.filterwarnings("ignore:enable_nested_tensor")
+@pytest.mark.parametrize("norm_first", [False, True])
+@pytest.mark.parametrize("activation", ["relu", "gelu"])
+def test_from_torch_matches_torch_with_masks_in_train_mode(norm_first, activation):
+    ref, ours = _pair(norm_first, activation=activation)
+    ref.train(), ours.train()
+    src, tgt = torch.randn(3, 7, 32), torch.randn(3, 5, 32)
+    spad = torch.zeros(3, 7, dtype=torch.bool)
+    spad[1, 4:] = True
+    tpad = torch.zeros(3, 5, dtype=torch.bool)
+    tpad[2, 3:] = True
+    tmask = ref.generate_square_subsequent_mask(5)
+    kwargs = dict(
+        tgt_mask=tmask, src_key_padding_mask=spad, tgt_key_padding_mask=tpad, memory_key_padding_mask=spad
+    )
+    want = ref(src, tgt, **kwargs)
+    got = ours(src, tgt, **kwargs)
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    # The bool form of the causal mask means the same.
+    got_bool = ours(src, tgt, **{**kwargs, "tgt_mask": torch.triu(torch.ones(5, 5, dtype=torch.bool), 1)})
+    torch.testing.assert_close(got_bool, want, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.filterwarnings("ignore:enable_nested_tensor")
+def test_from_torch_sequence_first():
+    ref, ours = _pair(False, batch_first=False)
+    ref.eval(), ours.eval()
+    src, tgt = torch.randn(7, 2, 32), torch.randn(5, 2, 32)
+    mask = ref.generate_square_subsequent_mask(5)
+    torch.testing.assert_close(ours(src, tgt, tgt_mask=mask), ref(src, tgt, tgt_mask=mask), atol=1e-5, rtol=1e-5)
+
+
+def test_gradients_match_torch():
+    ref, ours = _pair(True)
+    src, tgt = torch.randn(2, 4, 32), torch.randn(2, 3, 32)
+    ref(src, tgt, tgt_is_causal=True, tgt_mask=ref.generate_square_subsequent_mask(3)).square().sum().backward()
+    ours(src, tgt, tgt_is_causal=True).square().sum().backward()
+    g_ref = ref.encoder.layers[0].self_attn.in_proj_weight.grad
+    g_ours = ours.encoder.layers[0].self_attn.in_proj.weight.grad
+    torch.testing.assert_close(g_ours, g_ref, atol=1e-4, rtol=1e-4)
+
+
+def test_sinusoidal_changes_the_output_and_is_order_aware():
+    model = Transformer(32, 4, 1, 1, 64, 0.0, positional_encoding="sinusoidal")
+    nope = Transformer(32, 4, 1, 1, 64, 0.0, positional_encoding="none")
+    nope.load_state_dict(model.state_dict())
+    src, tgt = torch.randn(1, 6, 32), torch.randn(1, 3, 32)
+    perm = torch.tensor([5, 4, 3, 2, 1, 0])
+    # Without positions the encoder cannot tell a permuted source from the original.
+    torch.testing.assert_close(nope(src[:, perm], tgt), nope(src, tgt), atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(model(src[:, perm], tgt), model(src, tgt), atol=1e-3)
+
+
+def test_bad_input():
+    with pytest.raises(ValueError, match="d_model=30 is not divisible by nhead=4"):
+        Transformer(30, 4)
+    model = Transformer(16, 2, 1, 1, 32)
+    with pytest.raises(ValueError, match=r"batch size of src \(2\) and tgt \(3\)"):
+        model(torch.randn(2, 4, 16), torch.randn(3, 4, 16))
+    with pytest.raises(ValueError, match="3 dimensions"):
+        model(torch.randn(4, 16), torch.randn(4, 16))
+    with pytest.raises(ValueError, match="width 8, expected 16"):
+        model(torch.randn(2, 4, 8), torch.randn(2, 4, 8))
+    with pytest.raises(ValueError, match="key padding mask must be"):
+        model(torch.randn(2, 4, 16), torch.randn(2, 4, 16), src_key_padding_mask=torch.zeros(2, 5, dtype=torch.bool))
+
+
+def test_per_layer_encodings_and_concat_only_first():
+    enc = TransformerEncoder(d_model=16, nhead=2, num_layers=3, positional_encoding=["sinusoidal", "none", "none"])
+    assert enc.embed_at == [0]
+    with pytest.raises(ValueError, match="must be in layer 0"):
+        TransformerEncoder(d_model=16, nhead=2, num_layers=2, positional_encoding=["none", "sinusoidal:combine=concat"])
+    concat = TransformerEncoder(d_model=16, nhead=2, num_layers=2, positional_encoding="sinusoidal:combine=concat,dim=6")
+    assert concat(torch.randn(2, 3, 10)).shape == (2, 3, 16)
+
+
+def test_left_padding_counts_real_tokens():
+    enc = TransformerEncoder(d_model=16, nhead=2, num_layers=1, dropout=0.0, positional_encoding="sinusoidal")
+    enc.eval()
+    x = torch.randn(1, 3, 16)
+    padded = torch.cat([torch.randn(1, 2, 16), x], dim=1)
+    pad = torch.tensor([[True, True, False, False, False]])
+    torch.testing.assert_close(enc(padded, src_key_padding_mask=pad)[:, 2:], enc(x), atol=1e-5, rtol=1e-5)
