@@ -1,32 +1,29 @@
-"""``posenc``: the command line, a thin parse-and-dispatch layer over the library."""
+"""``posenc``: the command line, a thin parse-and-dispatch layer over the library.
+
+Each subcommand lives in ``posenc.commands.<name>``; this file only assembles the parser and turns the
+library's ``ValueError``/``TypeError``/``FileNotFoundError`` into a one-line message and exit status 2.
+"""
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 from collections.abc import Sequence
 
-
-def _cmd_encodings(args: argparse.Namespace) -> int:
-    from . import encodings
-
-    for name in encodings.names():
-        opts = ", ".join(f"{k}={v!r}" for k, v in encodings.options(name).items())
-        print(f"{name:12s} {opts}")
-    return 0
+from .commands import COMMANDS
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="posenc", description="Transformers with swappable positional encodings.")
-    sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("encodings", help="list the registered encodings and their options")
-    p.set_defaults(func=_cmd_encodings)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name in COMMANDS:
+        importlib.import_module(f"posenc.commands.{name}").register(sub)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)
     except (ValueError, TypeError, FileNotFoundError) as err:

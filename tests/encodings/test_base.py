@@ -66,3 +66,13 @@ def test_options_lists_defaults():
     opts = encodings.options("sinusoidal")
     assert opts["layout"] == "interleaved" and opts["combine"] == "add"
     assert "d_model" not in opts
+
+
+def test_parse_layers():
+    from posenc.encodings import parse_layers
+
+    assert parse_layers("rope:base=5e5,scaling=yarn") == "rope:base=5e5,scaling=yarn"
+    assert parse_layers("rope*3|none") == ["rope", "rope", "rope", "none"]
+    assert parse_layers("rope*2") == ["rope", "rope"]
+    with pytest.raises(ValueError, match="empty layer spec"):
+        parse_layers("rope||none")

@@ -13,6 +13,7 @@ from .base import (
     build_per_layer,
     names,
     options,
+    parse_layers,
     parse_spec,
     register,
 )
@@ -30,6 +31,7 @@ __all__ = [
     "build_per_layer",
     "names",
     "options",
+    "parse_layers",
     "parse_spec",
     "register",
     "sinusoidal_table",

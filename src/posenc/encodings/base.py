@@ -35,6 +35,7 @@ __all__ = [
     "build_per_layer",
     "names",
     "options",
+    "parse_layers",
     "parse_spec",
     "register",
 ]
@@ -248,6 +249,28 @@ def build_per_layer(
             built[s] = build(s, **context)
         out.append(built[s])
     return out
+
+
+def parse_layers(text: str) -> str | list[str]:
+    """The command-line form of a per-layer choice: ``"rope*3|none"`` -> ``["rope", "rope", "rope", "none"]``.
+
+    Layers are separated by ``|``; ``spec*N`` repeats a spec N times. Text without ``|`` or ``*N`` is one spec
+    shared by every layer and comes back unchanged.
+    """
+    parts = [p.strip() for p in text.split("|")]
+    out: list[str] = []
+    for part in parts:
+        spec, star, count = part.rpartition("*")
+        if star and count.strip().isdigit():
+            n = int(count)
+            if n < 1:
+                raise ValueError(f"repeat count must be >= 1 in {part!r}")
+            out.extend([spec.strip()] * n)
+        else:
+            out.append(part)
+    if any(not p for p in out):
+        raise ValueError(f"empty layer spec in {text!r}")
+    return out[0] if len(parts) == 1 and len(out) == 1 else out
 
 
 def default_positions(length: int, device: torch.device | None = None) -> Tensor:
