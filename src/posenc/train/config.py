@@ -22,7 +22,7 @@ from typing import Any
 
 __all__ = [
     "ALIASES", "DataConfig", "EvalConfig", "ModelConfig", "OptimConfig", "RunConfig", "TrainConfig",
-    "add_override_arguments", "apply_overrides", "load_config_file", "run_config_from_dict",
+    "add_override_arguments", "apply_overrides", "load_config_file", "run_config_from_dict", "to_toml",
 ]
 
 
@@ -253,3 +253,23 @@ def apply_overrides(cfg: RunConfig, args: argparse.Namespace) -> RunConfig:
         if section in SECTIONS:
             _section_from_dict(SECTIONS[section], {name: value}, section, getattr(cfg, section))
     return cfg
+
+
+def _toml_value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, list):
+        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    if isinstance(v, str):
+        return json.dumps(v)  # a JSON string is a valid TOML basic string
+    return repr(v)
+
+
+def to_toml(cfg: RunConfig) -> str:
+    """The config as a TOML file that ``--config`` reads back."""
+    out = []
+    for section, values in cfg.to_dict().items():
+        out.append(f"[{section}]")
+        out.extend(f"{k} = {_toml_value(v)}" for k, v in values.items())
+        out.append("")
+    return "\n".join(out)

@@ -33,7 +33,7 @@ from ..data.text import TextDataset
 from ..data.tokenizers import Tokenizer, load_tokenizer
 from ..encodings import parse_layers
 from ..models import LanguageModel, LMConfig, Seq2Seq, Seq2SeqConfig
-from .checkpoint import CheckpointError, latest_valid, load_checkpoint, read_state
+from .checkpoint import CheckpointError, latest_valid, load_checkpoint, read_state  # noqa: F401  (latest_valid re-exported)
 from .config import ModelConfig, RunConfig, run_config_from_dict
 
 __all__ = [
