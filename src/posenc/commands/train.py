@@ -7,6 +7,7 @@ cores, then prints exact match within and beyond the training lengths.
 from __future__ import annotations
 
 import argparse
+import os
 
 
 def run(args: argparse.Namespace) -> int:
@@ -19,8 +20,9 @@ def run(args: argparse.Namespace) -> int:
         print(to_toml(cfg), end="")
         return 0
     result = train(cfg)
-    print(f"step {result.step}; run directory {result.run_dir}")
-    print(format_results(result.evals))
+    if int(os.environ.get("RANK", "0")) == 0:  # under torchrun, rank 0 speaks for the job
+        print(f"step {result.step}; run directory {result.run_dir}")
+        print(format_results(result.evals))
     return 0
 
 

@@ -113,6 +113,8 @@ class TrainConfig:
     progress: str = "auto"  # auto (a bar when stderr is a terminal) | on | off
     tensorboard: bool = False
     time_limit: float = 0.0  # seconds of training before stopping early (0 = none); breaks exact reproducibility
+    parallel: str = "ddp"  # under torchrun: ddp (DistributedDataParallel) | fsdp (FSDP2 fully_shard)
+    dist_timeout: float = 600.0  # seconds a collective waits for a peer before the job fails (torchrun only)
 
 
 @dataclass
@@ -144,6 +146,7 @@ SECTIONS: dict[str, type] = {f.name: typing.get_type_hints(RunConfig)[f.name] fo
 ALIASES: dict[str, str] = {
     "task": "data.task", "encoding": "model.encoding", "steps": "train.steps", "precision": "train.precision",
     "resume": "train.resume", "run-dir": "train.run_dir", "seed": "train.seed", "device": "train.device",
+    "parallel": "train.parallel",
 }
 
 

@@ -32,6 +32,7 @@ from ..data.batch import Batch
 from ..data.dataset import Dataset
 from .checkpoint import atomic_write_text, checkpoint_dirs, latest_valid, load_checkpoint, read_state, save_checkpoint
 from .config import RunConfig
+from .distributed import Parallel, SilentLog, evaluate_sharded, shard_batch
 from .metrics import EvalResult, MetricsLog, autocast_context, evaluate, forward, token_loss
 from .optim import build_optimizer, build_schedule
 from .run import build_dataset, build_model, check_compatible, default_run_dir, resolve_device
@@ -56,6 +57,8 @@ class _Setup:
     dataset: Dataset
     model: nn.Module
     optimizer: torch.optim.Optimizer
+    par: Parallel
+    fwd: nn.Module  # what training calls: the model, its DDP wrapper, or (FSDP) the model sharded in place
     start_step: int = 0
     data_position: int = 0
     loss_sum: float = 0.0
@@ -87,13 +90,11 @@ def _resume_point(cfg: RunConfig, run_dir: pathlib.Path) -> tuple[pathlib.Path, 
     return path, read_state(path)
 
 
-def _setup(cfg: RunConfig, log: Callable[[str], None]) -> _Setup:
-    _check(cfg)
+def _setup(cfg: RunConfig, log: Callable[[str], None], par: Parallel, device: torch.device) -> _Setup:
     if cfg.train.threads > 0:
         torch.set_num_threads(cfg.train.threads)
     run_dir = pathlib.Path(cfg.train.run_dir) if cfg.train.run_dir else default_run_dir(cfg)
     run_dir.mkdir(parents=True, exist_ok=True)
-    device = resolve_device(cfg.train.device)
     resume = _resume_point(cfg, run_dir)
     saved_tok = run_dir / "tokenizer.json"
     tokenizer = None
@@ -106,20 +107,33 @@ def _setup(cfg: RunConfig, log: Callable[[str], None]) -> _Setup:
         log(dataset.describe())
     torch.manual_seed(cfg.train.seed)
     model = build_model(cfg.model, dataset.tokenizer).to(device)
+    sharded = par.active and par.mode == "fsdp"  # FSDP: weights load before sharding, optimizer state after
+    if resume is not None:
+        check_compatible(resume[1], cfg.model, dataset.tokenizer, str(resume[0]))
+        if sharded:
+            load_checkpoint(resume[0], model=model, restore_rng=True, state=resume[1])
+    fwd = par.wrap(model, device)
     optimizer = build_optimizer(model, cfg.optim)
-    s = _Setup(cfg=cfg, run_dir=run_dir, device=device, dataset=dataset, model=model, optimizer=optimizer)
+    s = _Setup(cfg=cfg, run_dir=run_dir, device=device, dataset=dataset, model=model, optimizer=optimizer,
+               par=par, fwd=fwd)
     if resume is not None:
         path, state = resume
-        check_compatible(state, cfg.model, dataset.tokenizer, str(path))
-        load_checkpoint(path, model=model, optimizer=optimizer, restore_rng=True, state=state)
+        if sharded:
+            par.load_optimizer(path, model, optimizer, state)
+        else:
+            load_checkpoint(path, model=model, optimizer=optimizer, restore_rng=True, state=state)
         s.start_step, s.data_position = int(state["step"]), int(state["data_position"])
         s.loss_sum, s.loss_count = float(state["loss_sum"]), int(state["loss_count"])
-        MetricsLog(run_dir).truncate_after(s.start_step)
+        if par.is_main:
+            MetricsLog(run_dir).truncate_after(s.start_step)
         log(f"resumed from {path} (step {s.start_step})")
-    atomic_write_text(run_dir / "config.json", cfg.to_json() + "\n")
-    atomic_write_text(saved_tok, __import__("json").dumps(dataset.tokenizer.to_dict(), ensure_ascii=False))
+    par.reseed(cfg.train.seed, s.start_step)
+    if par.is_main:
+        atomic_write_text(run_dir / "config.json", cfg.to_json() + "\n")
+        atomic_write_text(saved_tok, __import__("json").dumps(dataset.tokenizer.to_dict(), ensure_ascii=False))
     n_params = sum(p.numel() for p in model.parameters())
-    log(f"run directory {run_dir}; {n_params:,} parameters on {device}, {cfg.train.precision}")
+    where = f"{device} x {par.world} processes ({par.mode})" if par.active else str(device)
+    log(f"run directory {run_dir}; {n_params:,} parameters on {where}, {cfg.train.precision}")
     return s
 
 
@@ -130,30 +144,40 @@ def _update(s: _Setup, fwd: nn.Module, batches: list[Batch], lr: float) -> tuple
         g["lr"] = lr
     batches = [b.to(s.device) for b in batches]
     total = sum(int((b.targets != pad).sum()) for b in batches)
+    if s.par.active:  # every rank divides by the global token count (see distributed.py)
+        total = int(s.par.sum([total])[0])
     if total == 0:
         raise ValueError("a training batch has no target token (every target is padding)")
     s.optimizer.zero_grad(set_to_none=True)
     loss_sum = 0.0
-    for b in batches:
-        with autocast_context(s.device, cfg.train.precision):
-            logits = forward(fwd, b, s.dataset.model_kind)
-        loss = token_loss(logits, b.targets, pad_id=pad, label_smoothing=cfg.optim.label_smoothing)
-        (loss / total).backward()
+    for i, b in enumerate(batches):
+        with s.par.no_sync(last=i == len(batches) - 1):
+            with autocast_context(s.device, cfg.train.precision):
+                logits = forward(fwd, b, s.dataset.model_kind)
+            loss = token_loss(logits, b.targets, pad_id=pad, label_smoothing=cfg.optim.label_smoothing)
+            (loss * s.par.world / total).backward()  # DDP/FSDP average gradients over ranks: undo the mean
         loss_sum += float(loss.detach())
     clip = cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else math.inf
-    grad_norm = float(torch.nn.utils.clip_grad_norm_(s.model.parameters(), clip))
+    grad_norm = s.par.clip_grad_norm(s.model, clip)
     s.optimizer.step()
+    if s.par.active:
+        loss_sum = s.par.sum([loss_sum])[0]
     return loss_sum / total, grad_norm, total
 
 
 def evaluate_sets(
-    model: nn.Module, dataset: Dataset, *, device: torch.device, precision: str
+    model: nn.Module, dataset: Dataset, *, device: torch.device, precision: str, par: Parallel | None = None
 ) -> dict[str, EvalResult]:
-    """Every evaluation set of ``dataset`` (plus its ``extra_metrics``, e.g. BLEU, when it has them)."""
+    """Every evaluation set of ``dataset`` (plus its ``extra_metrics``, e.g. BLEU, when it has them); under
+    ``torchrun`` each rank scores a shard and the sums are reduced over ranks."""
     out = {}
     for name in dataset.eval_names():
-        res = evaluate(model, dataset.eval_batches(name), model_kind=dataset.model_kind,
-                       pad_id=dataset.tokenizer.pad_id, device=device, precision=precision)
+        if par is not None and par.active:
+            res = evaluate_sharded(model, dataset.eval_batches(name), model_kind=dataset.model_kind,
+                                   pad_id=dataset.tokenizer.pad_id, device=device, precision=precision, par=par)
+        else:
+            res = evaluate(model, dataset.eval_batches(name), model_kind=dataset.model_kind,
+                           pad_id=dataset.tokenizer.pad_id, device=device, precision=precision)
         extra = getattr(dataset, "extra_metrics", None)
         if extra is not None:
             res.extra.update(extra(model, name, device=device, autocast=autocast_context(device, precision)))
@@ -161,8 +185,8 @@ def evaluate_sets(
     return out
 
 
-def _eval_and_log(s: _Setup, step: int, mlog: MetricsLog, elapsed: float) -> dict[str, EvalResult]:
-    results = evaluate_sets(s.model, s.dataset, device=s.device, precision=s.cfg.train.precision)
+def _eval_and_log(s: _Setup, step: int, mlog: MetricsLog | SilentLog, elapsed: float) -> dict[str, EvalResult]:
+    results = evaluate_sets(s.model, s.dataset, device=s.device, precision=s.cfg.train.precision, par=s.par)
     for name, res in results.items():
         mlog.log(step, name, {**res.row(), "elapsed_s": round(elapsed, 3)})
         mlog.log_lengths(step, name, res.per_length)
@@ -170,32 +194,55 @@ def _eval_and_log(s: _Setup, step: int, mlog: MetricsLog, elapsed: float) -> dic
 
 
 def _checkpoint(s: _Setup, step: int) -> None:
-    save_checkpoint(s.run_dir, step=step, model=s.model, optimizer=s.optimizer, keep=s.cfg.train.keep_checkpoints,
+    """Rank 0 writes the full state (gathered first under FSDP); the others wait for it."""
+    model, optimizer = s.par.full_state(s.model, s.optimizer)
+    if s.par.is_main:
+        _save(s, step, model, optimizer)
+    s.par.barrier()
+
+
+def _save(s: _Setup, step: int, model: Any, optimizer: Any) -> None:
+    save_checkpoint(s.run_dir, step=step, model=model, optimizer=optimizer, keep=s.cfg.train.keep_checkpoints,
                     state={"data_position": s.data_position, "loss_sum": s.loss_sum, "loss_count": s.loss_count,
                            "model_config": dataclasses.asdict(s.cfg.model), "model_kind": s.dataset.model_kind,
                            "tokenizer_fingerprint": s.dataset.tokenizer.fingerprint(),
                            "vocab_size": s.dataset.tokenizer.vocab_size})
 
 
-def _progress(cfg: RunConfig, start: int) -> tqdm:
-    show = cfg.train.progress == "on" or (cfg.train.progress == "auto" and sys.stderr.isatty())
+def _progress(cfg: RunConfig, start: int, main: bool = True) -> tqdm:
+    show = main and (cfg.train.progress == "on" or (cfg.train.progress == "auto" and sys.stderr.isatty()))
     return tqdm(total=cfg.train.steps, initial=start, disable=not show, dynamic_ncols=True, unit="step")
 
 
 def train(cfg: RunConfig, *, on_step: StepCallback | None = None, log: Callable[[str], None] = print) -> TrainResult:
-    """Train (or resume) the run ``cfg`` describes; evaluate every ``eval.every`` steps and at the end."""
-    s = _setup(cfg, log)
-    fwd = torch.compile(s.model) if cfg.train.compile else s.model
+    """Train (or resume) the run ``cfg`` describes; evaluate every ``eval.every`` steps and at the end.
+
+    Under ``torchrun`` every process calls this; see ``distributed.py`` for what each rank does."""
+    _check(cfg)
+    par, device = Parallel.start(mode=cfg.train.parallel, timeout_s=cfg.train.dist_timeout,
+                                 device=resolve_device(cfg.train.device))
+    with par.explain_failures():
+        result = _train(cfg, on_step, par.main_only(log), par, device)
+    par.close()
+    return result
+
+
+def _train(cfg: RunConfig, on_step: StepCallback | None, log: Callable[[str], None], par: Parallel,
+           device: torch.device) -> TrainResult:
+    s = _setup(cfg, log, par, device)
+    fwd = torch.compile(s.fwd) if cfg.train.compile else s.fwd
     schedule = build_schedule(cfg.optim, d_model=cfg.model.d_model, total_steps=cfg.train.steps)
-    mlog = MetricsLog(s.run_dir, tensorboard=cfg.train.tensorboard)
+    mlog = MetricsLog(s.run_dir, tensorboard=cfg.train.tensorboard) if par.is_main else SilentLog()
     stream: Iterator[Batch] = iter(s.dataset.train_batches(s.data_position))
-    bar, t0, step, evals = _progress(cfg, s.start_step), time.perf_counter(), s.start_step, {}
+    draw = (lambda: shard_batch(next(stream), rank=par.rank, world=par.world)) if par.active else \
+        (lambda: next(stream))
+    bar, t0, step, evals = _progress(cfg, s.start_step, par.is_main), time.perf_counter(), s.start_step, {}
     s.model.train()
     try:
         while step < cfg.train.steps:
             step += 1
             lr = schedule(step)
-            loss, gnorm, tokens = _update(s, fwd, [next(stream) for _ in range(cfg.train.grad_accum)], lr)
+            loss, gnorm, tokens = _update(s, fwd, [draw() for _ in range(cfg.train.grad_accum)], lr)
             s.data_position += cfg.train.grad_accum
             s.loss_sum, s.loss_count = s.loss_sum + loss, s.loss_count + 1
             elapsed = time.perf_counter() - t0
@@ -221,8 +268,9 @@ def train(cfg: RunConfig, *, on_step: StepCallback | None = None, log: Callable[
         bar.close()
         mlog.close()
     if not evals:  # the run was already complete: evaluate what the checkpoint holds
-        evals = evaluate_sets(s.model, s.dataset, device=s.device, precision=cfg.train.precision)
-    _write_results(s.run_dir, step, evals)
+        evals = evaluate_sets(s.model, s.dataset, device=s.device, precision=cfg.train.precision, par=par)
+    if par.is_main:
+        _write_results(s.run_dir, step, evals)
     return TrainResult(run_dir=s.run_dir, step=step, evals=evals)
 
 
