@@ -106,8 +106,8 @@ class Parallel:
             torch.cuda.set_device(device)
         owns = not dist.is_initialized()
         if owns:
-            dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo",
-                                    timeout=datetime.timedelta(seconds=timeout_s))
+            _init_group(backend="nccl" if device.type == "cuda" else "gloo", rank=rank, world=world,
+                        timeout=datetime.timedelta(seconds=timeout_s))
         return cls(rank=rank, local_rank=local, world=world, mode=mode, owns_group=owns), device
 
     def close(self) -> None:
@@ -221,6 +221,15 @@ class Parallel:
         osd = {"state": {names[i]: v for i, v in full["state"].items()},
                "param_groups": [{**g, "params": [names[i] for i in g["params"]]} for g in full["param_groups"]]}
         set_optimizer_state_dict(model, optimizer, osd, options=StateDictOptions(full_state_dict=True))
+
+
+def _init_group(*, backend: str, rank: int, world: int, timeout: datetime.timedelta) -> None:
+    """``init_process_group`` on torchrun's store, under a prefix of the restart number: after a
+    ``--max-restarts`` restart the store still holds the dead attempt's addresses, and gloo would try them."""
+    store, _, _ = next(dist.rendezvous("env://", rank=rank, world_size=world, timeout=timeout))
+    attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+    dist.init_process_group(backend=backend, store=dist.PrefixStore(f"posenc/attempt{attempt}/", store), rank=rank,
+                            world_size=world, timeout=timeout)
 
 
 @dataclass
