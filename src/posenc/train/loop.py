@@ -57,12 +57,12 @@ class _Setup:
     dataset: Dataset
     model: nn.Module
     optimizer: torch.optim.Optimizer
-    par: Parallel
-    fwd: nn.Module  # what training calls: the model, its DDP wrapper, or (FSDP) the model sharded in place
     start_step: int = 0
     data_position: int = 0
     loss_sum: float = 0.0
     loss_count: int = 0
+    par: Parallel = dataclasses.field(default_factory=Parallel)
+    fwd: nn.Module | None = None  # what training calls: DDP's wrapper, or (FSDP) the model sharded; None: model
 
 
 def _check(cfg: RunConfig) -> None:
@@ -230,7 +230,8 @@ def train(cfg: RunConfig, *, on_step: StepCallback | None = None, log: Callable[
 def _train(cfg: RunConfig, on_step: StepCallback | None, log: Callable[[str], None], par: Parallel,
            device: torch.device) -> TrainResult:
     s = _setup(cfg, log, par, device)
-    fwd = torch.compile(s.fwd) if cfg.train.compile else s.fwd
+    fwd = s.fwd if s.fwd is not None else s.model
+    fwd = torch.compile(fwd) if cfg.train.compile else fwd
     schedule = build_schedule(cfg.optim, d_model=cfg.model.d_model, total_steps=cfg.train.steps)
     mlog = MetricsLog(s.run_dir, tensorboard=cfg.train.tensorboard) if par.is_main else SilentLog()
     stream: Iterator[Batch] = iter(s.dataset.train_batches(s.data_position))
