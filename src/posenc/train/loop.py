@@ -16,6 +16,7 @@ the clock.
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import pathlib
 import sys
@@ -30,6 +31,7 @@ from tqdm import tqdm
 
 from ..data.batch import Batch
 from ..data.dataset import Dataset
+from ..data.tokenizers import load_tokenizer
 from .checkpoint import atomic_write_text, checkpoint_dirs, latest_valid, load_checkpoint, read_state, save_checkpoint
 from .config import RunConfig
 from .metrics import EvalResult, MetricsLog, autocast_context, evaluate, forward, token_loss
@@ -115,8 +117,6 @@ def _setup(cfg: RunConfig, log: Callable[[str], None]) -> _Setup:
     saved_tok = run_dir / "tokenizer.json"
     tokenizer = None
     if resume is not None and saved_tok.is_file():
-        from ..data.tokenizers import load_tokenizer
-
         tokenizer = load_tokenizer(saved_tok)
     dataset = build_dataset(cfg, tokenizer=tokenizer)
     if hasattr(dataset, "describe"):
@@ -135,7 +135,7 @@ def _setup(cfg: RunConfig, log: Callable[[str], None]) -> _Setup:
         MetricsLog(run_dir).truncate_after(s.start_step)
         log(f"resumed from {path} (step {s.start_step})")
     atomic_write_text(run_dir / "config.json", cfg.to_json() + "\n")
-    atomic_write_text(saved_tok, __import__("json").dumps(dataset.tokenizer.to_dict(), ensure_ascii=False))
+    atomic_write_text(saved_tok, json.dumps(dataset.tokenizer.to_dict(), ensure_ascii=False))
     n_params = sum(p.numel() for p in model.parameters())
     log(f"run directory {run_dir}; {n_params:,} parameters on {device}, {cfg.train.precision}")
     return s
@@ -249,8 +249,6 @@ def train(cfg: RunConfig, *, on_step: StepCallback | None = None, log: Callable[
 
 
 def _write_results(run_dir: pathlib.Path, step: int, evals: dict[str, EvalResult]) -> None:
-    import json
-
     doc = {"step": step, "evals": {n: {**r.row(), "sequences": r.sequences,
                                        "exact_match_per_length": {str(k): v[1] / v[0] for k, v in r.per_length.items()}}
                                    for n, r in evals.items()}}
