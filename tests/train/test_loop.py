@@ -115,3 +115,18 @@ def test_bad_settings(tmp_path: pathlib.Path) -> None:
     cfg.data.kind = "images"
     with pytest.raises(ValueError, match="data.kind must be one of"):
         train(cfg, log=_silent)
+
+
+def test_attention_path_choice() -> None:
+    from posenc.attention import MultiHeadAttention
+    from posenc.train.loop import _choose_attention
+
+    ds = TaskDataset(task="copy")
+    for precision, mode, want in (("bf16", "auto", True), ("fp32", "auto", False), ("fp32", "math", True),
+                                  ("bf16", "fused", False)):
+        cfg = RunConfig()
+        cfg.train.precision, cfg.train.attention = precision, mode
+        model = build_model(cfg.model, ds.tokenizer)
+        _choose_attention(model, cfg, torch.device("cpu"))
+        flags = {m.use_math for m in model.modules() if isinstance(m, MultiHeadAttention)}
+        assert flags == {want}, (precision, mode)

@@ -48,7 +48,8 @@ def _run(run_dir: pathlib.Path, kill_at: int) -> int:
 def _rows(path: pathlib.Path) -> list[dict[str, str]]:
     rows = list(csv.DictReader(path.open()))
     for r in rows:
-        r.pop("elapsed_s", None)  # wall-clock time is the one column that may differ
+        r.pop("elapsed_s", None)  # wall-clock and CPU time are the columns that may differ
+        r.pop("cpu_s", None)
     return rows
 
 

@@ -102,6 +102,7 @@ class TrainConfig:
     grad_accum: int = 1
     precision: str = "fp32"  # fp32 | bf16 (autocast; weights and optimizer stay fp32; pays off for wide models)
     compile: bool = False
+    attention: str = "auto"  # auto | fused | math: auto takes the math path for bf16 on CPU (faster there)
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     threads: int = 1  # torch.set_num_threads (0 = torch's default); see the note above
@@ -113,6 +114,7 @@ class TrainConfig:
     progress: str = "auto"  # auto (a bar when stderr is a terminal) | on | off
     tensorboard: bool = False
     time_limit: float = 0.0  # seconds of training before stopping early (0 = none); breaks exact reproducibility
+    time_limit_clock: str = "wall"  # wall | cpu (this process's CPU time: robust to other load on the machine)
     parallel: str = "ddp"  # under torchrun: ddp (DistributedDataParallel) | fsdp (FSDP2 fully_shard)
     dist_timeout: float = 600.0  # seconds a collective waits for a peer before the job fails (torchrun only)
 

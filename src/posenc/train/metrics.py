@@ -36,7 +36,7 @@ from ..data.batch import Batch
 __all__ = ["CSV_COLUMNS", "EvalResult", "MetricsLog", "autocast_context", "evaluate", "forward", "token_loss"]
 
 CSV_COLUMNS = ("step", "split", "loss", "ppl", "token_acc", "exact_match", "bleu", "chrf", "lr", "grad_norm",
-               "tokens", "elapsed_s")
+               "tokens", "elapsed_s", "cpu_s")
 
 
 def autocast_context(device: torch.device, precision: str) -> contextlib.AbstractContextManager[Any]:
@@ -177,7 +177,7 @@ class MetricsLog:
             f.write(json.dumps(row) + "\n")
         if self._tb is not None:
             for k, v in values.items():
-                if isinstance(v, (int, float)) and k != "elapsed_s":
+                if isinstance(v, (int, float)) and k not in ("elapsed_s", "cpu_s"):
                     self._tb.add_scalar(f"{split}/{k}", v, step)
 
     def log_lengths(self, step: int, split: str, per_length: dict[int, tuple[int, int]]) -> None:
