@@ -107,7 +107,7 @@ def translate(
     src: TokenLists,
     *,
     bos_id: int,
-    eos_id: int,
+    eos_id: int | None,
     max_len: int,
     strategy: Strategy = "greedy",
     temperature: float = 1.0,
@@ -121,11 +121,10 @@ def translate(
 
     ``src`` are token-id lists of any lengths (right-padded into one batch) or a 2-D tensor in which the model's
     ``pad_id`` marks padding. Decoding starts from ``bos_id`` and a row stops at ``eos_id`` or after ``max_len``
-    generated tokens. ``strategy`` and its options are those of :func:`generate`.
+    generated tokens (``eos_id=None``: always ``max_len``). ``strategy`` and its options are those of :func:`generate`.
     """
     _check_common(strategy, max_len, eos_id, beam_size)
     _check_token("bos_id", bos_id, required=True)
-    _check_token("eos_id", eos_id, required=True)
     session = Seq2SeqSession(model, src, bos_id=bos_id, max_new_tokens=max_len, pad_id=_pad_id(model))
     return _run(
         session, strategy=strategy, max_new_tokens=max_len, eos_id=eos_id, temperature=temperature,
