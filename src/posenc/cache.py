@@ -17,6 +17,7 @@ Legend: B batch, H heads, T cached length, Dh head width.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -141,6 +142,9 @@ class StackCache:
     _padding: GrowingBuffer = field(default_factory=lambda: GrowingBuffer(dim=1), repr=False)
     _seen: Tensor | None = field(default=None, repr=False)  # (B, 1) long: real tokens cached per sequence
     has_padding: bool = False  # whether any cached token is padding
+    #: (source padding tensor, (batch, queries, keys), its cross-attention mask): a decoder reuses the mask
+    #: while it is handed the very same padding tensor; a reorder that touches the sources drops it.
+    memory_mask: tuple[Tensor | None, tuple[int, int, int], Any] | None = field(default=None, repr=False)
 
     @classmethod
     def empty(cls, num_layers: int, *, capacity: int = 0) -> StackCache:
@@ -195,6 +199,8 @@ class StackCache:
         """Keep batch rows ``index`` of every buffer (see :meth:`LayerCache.reorder` for ``cross``)."""
         for layer in self.layers:
             layer.reorder(index, cross=cross)
+        if cross:
+            self.memory_mask = None
         self._positions.select_rows(index)
         self._padding.select_rows(index)
         if self._seen is not None:
