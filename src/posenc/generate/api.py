@@ -15,7 +15,7 @@ import torch
 from .._checks import check_choice, check_positive_int
 from .beam import Hypothesis, beam_loop
 from .sampling import decode_loop, greedy_pick, sampler
-from .session import CausalLM, EncoderDecoder, LMSession, Seq2SeqSession, Session, TokenLists, _device_of
+from .session import CausalLM, EncoderDecoder, LMSession, Seq2SeqSession, Session, TokenLists
 
 __all__ = ["Strategy", "beam_search", "generate", "translate"]
 
@@ -58,7 +58,7 @@ def _run(
     else:
         generator = None
         if seed is not None:
-            generator = torch.Generator(device=_device_of(session.model)).manual_seed(seed)
+            generator = torch.Generator(device=session.device).manual_seed(seed)
         pick = sampler(temperature=temperature, top_k=top_k, top_p=top_p, generator=generator)
     return decode_loop(session, pick=pick, max_new_tokens=max_new_tokens, eos_id=eos_id)
 

@@ -54,6 +54,7 @@ class Session(Protocol):
     """The interface the decoding strategies use."""
 
     batch: int
+    device: torch.device
 
     def start(self) -> Tensor:
         """Run the inputs; return the logits of each row's next token, ``(B, V)``."""
@@ -113,7 +114,8 @@ class LMSession:
 
     def __init__(self, model: CausalLM, prompts: TokenLists, *, max_new_tokens: int, pad_id: int = 0) -> None:
         self.model = model
-        self.ids, self.padding = pad_batch(prompts, pad_id=pad_id, left=True, device=_device_of(model), name="prompts")
+        self.device = _device_of(model)
+        self.ids, self.padding = pad_batch(prompts, pad_id=pad_id, left=True, device=self.device, name="prompts")
         self.batch = self.ids.shape[0]
         self.cache = model.new_cache()
         self.cache.reserve(self.ids.shape[1] + max_new_tokens)
@@ -139,7 +141,7 @@ class Seq2SeqSession:
 
     def __init__(self, model: EncoderDecoder, src: TokenLists, *, bos_id: int, max_new_tokens: int, pad_id: int = 0) -> None:
         self.model = model
-        device = _device_of(model)
+        self.device = device = _device_of(model)
         ids, padding = pad_batch(src, pad_id=pad_id, left=False, device=device, name="src")
         if isinstance(src, Tensor):
             padding = ids == pad_id  # a tensor batch marks its padding with the pad id, as in training
