@@ -8,8 +8,8 @@ not depend on them). Peers:
 
 * ``torch.nn.Transformer`` with the PyTorch tutorial's ``PositionalEncoding`` module, decoded the tutorial's
   way: the memory is computed once and the whole target prefix is run again at every step (no cache);
-* x-transformers' ``XTransformer(...).generate(..., cache_kv=True)`` (absolute sinusoid-free default: its own
-  learned absolute positions), greedy (``temperature=0``).
+* x-transformers' ``XTransformer(...).generate(..., cache_kv=True)`` (its default positions: learned
+  absolute embeddings), greedy (``temperature=0``).
 
 Each precision (fp32, then bf16 under CPU autocast) runs every implementation once per repetition, in turn, so
 machine noise hits them alike; medians of the repetitions and the ratios posenc / peer are printed.
