@@ -1,0 +1,218 @@
+"""Checkpoints that survive a crash: safetensors + JSON, atomic, verified, the last k kept.
+
+A checkpoint is a directory ``<run>/checkpoints/step_00001500/`` holding
+
+* ``model.safetensors`` -- the weights (``safetensors.torch.save_model``, which stores a tied tensor once);
+* ``trainer.safetensors`` -- the optimizer's tensors (``state.<param>.<name>``) and the RNG states
+  (``rng.torch``, ``rng.cuda.<i>``);
+* ``state.json`` -- the step, the data position, the optimizer's parameter groups and scalars, the model
+  config, the tokenizer fingerprint, the trainer's own counters, and the sha256 of both tensor files.
+
+Nothing is pickled; nothing is read with ``torch.load``. Writing is atomic: the files go into a hidden
+``.step_00001500.tmp`` directory, each is fsynced, then the directory is renamed to its final name and the parent
+fsynced, so a checkpoint has its final name only when complete. A checkpoint whose ``state.json`` is missing or
+unreadable, or whose files do not match their recorded hashes, is *invalid*: ``latest_valid`` skips it with a
+warning naming it and falls back to the next older one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import pathlib
+import re
+import shutil
+import warnings
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, load_model, save_file, save_model
+from torch import nn
+
+__all__ = [
+    "CheckpointError", "atomic_write_text", "checkpoint_dirs", "latest_valid", "load_checkpoint",
+    "read_state", "save_checkpoint",
+]
+
+FORMAT = "posenc-checkpoint/1"
+_NAME = re.compile(r"^step_(\d{8,})$")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used (partial, corrupt, or of another configuration)."""
+
+
+def _fsync_file(path: pathlib.Path) -> None:
+    with open(path, "rb+") as f:
+        os.fsync(f.fileno())
+
+
+def _fsync_dir(path: pathlib.Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
+    """Write ``text`` to a temporary file beside ``path``, fsync it, rename it over ``path``."""
+    p = pathlib.Path(path)
+    tmp = p.with_name(f".{p.name}.tmp{os.getpid()}")
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, p)
+    _fsync_dir(p.parent)
+
+
+def _sha256(path: pathlib.Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _optimizer_parts(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    sd = opt.state_dict()
+    tensors: dict[str, torch.Tensor] = {}
+    scalars: dict[str, dict[str, Any]] = {}
+    for pid, st in sd["state"].items():
+        for name, value in st.items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"state.{pid}.{name}"] = value.detach().cpu().contiguous()
+            else:
+                scalars.setdefault(str(pid), {})[name] = value
+    return tensors, {"param_groups": sd["param_groups"], "scalars": scalars}
+
+
+def _optimizer_state_dict(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> dict[str, Any]:
+    state: dict[int, dict[str, Any]] = {}
+    for key, value in tensors.items():
+        if key.startswith("state."):
+            _, pid, name = key.split(".", 2)
+            state.setdefault(int(pid), {})[name] = value
+    for pid, extra in meta["scalars"].items():
+        state.setdefault(int(pid), {}).update(extra)
+    groups = [dict(g) for g in meta["param_groups"]]
+    for g in groups:
+        if isinstance(g.get("betas"), list):
+            g["betas"] = tuple(g["betas"])
+    return {"state": state, "param_groups": groups}
+
+
+def _rng_tensors() -> dict[str, torch.Tensor]:
+    out = {"rng.torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        for i, s in enumerate(torch.cuda.get_rng_state_all()):
+            out[f"rng.cuda.{i}"] = s
+    return out
+
+
+def _restore_rng(tensors: dict[str, torch.Tensor]) -> None:
+    torch.set_rng_state(tensors["rng.torch"])
+    cuda = sorted((k for k in tensors if k.startswith("rng.cuda.")), key=lambda k: int(k.rsplit(".", 1)[1]))
+    if cuda and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([tensors[k] for k in cuda][: torch.cuda.device_count()])
+
+
+def checkpoint_dirs(run_dir: str | os.PathLike[str]) -> list[pathlib.Path]:
+    """Finished-looking checkpoint directories of a run, oldest first (temporary ones are never listed)."""
+    root = pathlib.Path(run_dir) / "checkpoints"
+    if not root.is_dir():
+        return []
+    found = [p for p in root.iterdir() if p.is_dir() and _NAME.match(p.name)]
+    return sorted(found, key=lambda p: int(_NAME.match(p.name).group(1)))  # type: ignore[union-attr]
+
+
+def save_checkpoint(
+    run_dir: str | os.PathLike[str], *, step: int, model: nn.Module, optimizer: torch.optim.Optimizer,
+    state: dict[str, Any], keep: int = 3,
+) -> pathlib.Path:
+    """Write checkpoint ``step`` atomically, then delete all but the newest ``keep`` (``keep <= 0`` keeps all).
+
+    ``state`` holds the JSON-able rest: data position, model config, tokenizer fingerprint, counters.
+    """
+    root = pathlib.Path(run_dir) / "checkpoints"
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / f"step_{step:08d}"
+    tmp = root / f".{final.name}.tmp{os.getpid()}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir()
+    save_model(model, str(tmp / "model.safetensors"))
+    opt_tensors, opt_meta = _optimizer_parts(optimizer)
+    save_file({**opt_tensors, **_rng_tensors()}, str(tmp / "trainer.safetensors"))
+    files = {}
+    for name in ("model.safetensors", "trainer.safetensors"):
+        _fsync_file(tmp / name)
+        files[name] = _sha256(tmp / name)
+    doc = {"format": FORMAT, "step": step, **state, "optimizer": opt_meta, "files": files}
+    with open(tmp / "state.json", "w", encoding="utf-8") as f:
+        json.dump(doc, f, indent=1)
+        f.flush()
+        os.fsync(f.fileno())
+    _fsync_dir(tmp)
+    if final.exists():  # a re-run of the same step (e.g. the final checkpoint after a resume): replace it
+        shutil.rmtree(final)
+    os.rename(tmp, final)
+    _fsync_dir(root)
+    if keep > 0:
+        for old in checkpoint_dirs(run_dir)[:-keep]:
+            shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def read_state(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The verified ``state.json`` of a checkpoint; ``CheckpointError`` naming the checkpoint if it is unusable."""
+    p = pathlib.Path(path)
+    try:
+        doc = json.loads((p / "state.json").read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise CheckpointError(f"checkpoint {p} is incomplete: no state.json") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise CheckpointError(f"checkpoint {p} has a corrupt state.json: {err}") from err
+    if not isinstance(doc, dict) or doc.get("format") != FORMAT:
+        raise CheckpointError(f"checkpoint {p} is not a {FORMAT} checkpoint")
+    for name, digest in doc.get("files", {}).items():
+        f = p / name
+        if not f.is_file():
+            raise CheckpointError(f"checkpoint {p} is incomplete: {name} is missing")
+        if _sha256(f) != digest:
+            raise CheckpointError(f"checkpoint {p} is corrupt: {name} does not match its recorded sha256")
+    return doc
+
+
+def latest_valid(run_dir: str | os.PathLike[str]) -> tuple[pathlib.Path, dict[str, Any]] | None:
+    """The newest checkpoint that verifies, skipping (with a warning naming each) any that do not."""
+    for p in reversed(checkpoint_dirs(run_dir)):
+        try:
+            return p, read_state(p)
+        except CheckpointError as err:
+            warnings.warn(f"skipping checkpoint {p}: {err}", stacklevel=2)
+    return None
+
+
+def load_checkpoint(
+    path: str | os.PathLike[str], *, model: nn.Module, optimizer: torch.optim.Optimizer | None = None,
+    restore_rng: bool = False, state: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Load weights (and optimizer, RNG states) from a checkpoint; returns its ``state.json``."""
+    p = pathlib.Path(path)
+    doc = state if state is not None else read_state(p)
+    device = next(model.parameters()).device
+    try:
+        load_model(model, str(p / "model.safetensors"), strict=True, device=str(device))
+        if optimizer is not None or restore_rng:
+            tensors = load_file(str(p / "trainer.safetensors"))
+    except (SafetensorError, RuntimeError) as err:
+        raise CheckpointError(f"checkpoint {p} does not fit this model: {err}") from err
+    if optimizer is not None:
+        optimizer.load_state_dict(_optimizer_state_dict(tensors, doc["optimizer"]))
+    if restore_rng:
+        _restore_rng(tensors)
+    return doc

@@ -1,0 +1,34 @@
+from __future__ import annotations
+
+import json
+import pathlib
+
+import pytest
+
+from posenc.cli import main
+
+TINY = ["--model.d_model", "32", "--model.num_layers", "1", "--model.dim_feedforward", "64", "--data.batch_size", "8",
+        "--data.train_lengths", "1,3", "--data.test_lengths", "4,5", "--eval.examples", "16", "--steps", "5",
+        "--train.threads", "1", "--precision", "fp32"]
+
+
+def test_train_then_eval_at_other_lengths(tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str]) -> None:
+    run = tmp_path / "run"
+    assert main(["train", *TINY, "--task", "reverse", "--run-dir", str(run)]) == 0
+    out = capsys.readouterr().out
+    assert "in_lengths" in out and "out_lengths" in out and "exact match by length (out_lengths): 4:" in out
+    assert (run / "config.json").is_file() and (run / "tokenizer.json").is_file()
+    assert json.loads((run / "config.json").read_text())["data"]["task"] == "reverse"
+    report = tmp_path / "eval.json"
+    assert main(["eval", str(run), "--lengths", "2,9", "--examples", "8", "--output", str(report)]) == 0
+    out = capsys.readouterr().out
+    assert "checkpoint step 5" in out and "len9" in out
+    doc = json.loads(report.read_text())
+    assert set(doc["evals"]) == {"len2", "len9"} and list(doc["evals"]["len9"]["exact_match_per_length"]) == ["9"]
+
+
+def test_errors_exit_2(tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["eval", str(tmp_path)]) == 2
+    assert "not a run directory" in capsys.readouterr().err
+    assert main(["train", *TINY, "--encoding", "nonsense", "--run-dir", str(tmp_path / "r")]) == 2
+    assert "unknown positional encoding 'nonsense'" in capsys.readouterr().err

@@ -1,0 +1,105 @@
+from __future__ import annotations
+
+import dataclasses
+import json
+import pathlib
+
+import pytest
+import torch
+
+from posenc.data.tokenizers import CharTokenizer
+from posenc.models import LanguageModel, LMConfig
+from posenc.train.checkpoint import (
+    CheckpointError, checkpoint_dirs, latest_valid, load_checkpoint, read_state, save_checkpoint,
+)
+from posenc.train.config import ModelConfig, OptimConfig
+from posenc.train.optim import build_optimizer
+from posenc.train.run import build_model, check_compatible
+
+
+def _trained(seed: int = 0) -> tuple[LanguageModel, torch.optim.Optimizer]:
+    torch.manual_seed(seed)
+    model = LanguageModel(LMConfig(vocab_size=11, d_model=16, num_heads=2, num_layers=1, dim_feedforward=32,
+                                   encoding="learned"))
+    opt = build_optimizer(model, OptimConfig())
+    for _ in range(2):
+        opt.zero_grad()
+        model(torch.randint(0, 11, (2, 5))).square().mean().backward()
+        opt.step()
+    return model, opt
+
+
+def test_round_trip_restores_weights_ties_optimizer_and_rng(tmp_path: pathlib.Path) -> None:
+    model, opt = _trained()
+    torch.manual_seed(123)
+    rng = torch.get_rng_state()
+    path = save_checkpoint(tmp_path, step=7, model=model, optimizer=opt, state={"data_position": 7})
+    assert path.name == "step_00000007"
+    assert sorted(p.name for p in path.iterdir()) == ["model.safetensors", "state.json", "trainer.safetensors"]
+    torch.manual_seed(999)
+    fresh, fresh_opt = _trained(seed=1)
+    doc = load_checkpoint(path, model=fresh, optimizer=fresh_opt, restore_rng=True)
+    assert doc["step"] == 7 and doc["data_position"] == 7
+    for (k, a), b in zip(model.state_dict().items(), fresh.state_dict().values()):
+        assert torch.equal(a, b), k
+    assert fresh.lm_head.weight is fresh.embedding.weight  # the tie survives loading
+    a, b = opt.state_dict(), fresh_opt.state_dict()
+    assert a["param_groups"] == [{**g, "betas": tuple(g["betas"])} for g in b["param_groups"]]
+    for pid, st in a["state"].items():
+        for name, v in st.items():
+            assert torch.equal(v, b["state"][pid][name]), (pid, name)
+    assert torch.equal(torch.get_rng_state(), rng)
+
+
+def test_keep_last_k(tmp_path: pathlib.Path) -> None:
+    model, opt = _trained()
+    for step in (1, 2, 3, 4):
+        save_checkpoint(tmp_path, step=step, model=model, optimizer=opt, state={}, keep=2)
+    assert [p.name for p in checkpoint_dirs(tmp_path)] == ["step_00000003", "step_00000004"]
+
+
+def test_corrupt_and_partial_are_skipped_with_a_warning(tmp_path: pathlib.Path) -> None:
+    model, opt = _trained()
+    for step in (1, 2, 3):
+        save_checkpoint(tmp_path, step=step, model=model, optimizer=opt, state={}, keep=0)
+    root = tmp_path / "checkpoints"
+    (root / ".step_00000009.tmp42").mkdir()  # a write that never finished: never listed
+    blob = bytearray((root / "step_00000003" / "model.safetensors").read_bytes())
+    blob[-1] ^= 0xFF
+    (root / "step_00000003" / "model.safetensors").write_bytes(bytes(blob))
+    (root / "step_00000002" / "state.json").unlink()
+    with pytest.warns(UserWarning) as record:
+        path, state = latest_valid(tmp_path)
+    assert path.name == "step_00000001" and state["step"] == 1
+    messages = " | ".join(str(w.message) for w in record)
+    assert "step_00000003" in messages and "sha256" in messages
+    assert "step_00000002" in messages and "no state.json" in messages
+    with pytest.raises(CheckpointError, match="corrupt"):
+        read_state(root / "step_00000003")
+
+
+def test_other_config_is_refused_naming_the_difference(tmp_path: pathlib.Path) -> None:
+    tok = CharTokenizer(chars="abc")
+    mc = ModelConfig(d_model=16, num_heads=2, num_layers=1, dim_feedforward=32)
+    model = build_model(mc, tok)
+    state = {"model_config": dataclasses.asdict(mc), "tokenizer_fingerprint": tok.fingerprint(), "vocab_size": 7}
+    check_compatible(state, mc, tok, "ckpt")  # the same: accepted
+    with pytest.raises(CheckpointError, match=r"model\.d_model: checkpoint 16, this run 32"):
+        check_compatible(state, dataclasses.replace(mc, d_model=32), tok, "ckpt")
+    with pytest.raises(CheckpointError, match=r"model\.encoding: checkpoint 'none', this run 'sinusoidal'"):
+        check_compatible(state, dataclasses.replace(mc, encoding="sinusoidal"), tok, "ckpt")
+    with pytest.raises(CheckpointError, match="tokenizer: checkpoint vocabulary of 7 tokens"):
+        check_compatible(state, mc, CharTokenizer(chars="abd"), "ckpt")
+    opt = build_optimizer(model, OptimConfig())
+    path = save_checkpoint(tmp_path, step=1, model=model, optimizer=opt, state=state)
+    wider = build_model(dataclasses.replace(mc, d_model=32), tok)
+    with pytest.raises(CheckpointError, match="does not fit this model"):
+        load_checkpoint(path, model=wider)
+
+
+def test_state_json_is_plain_json(tmp_path: pathlib.Path) -> None:
+    model, opt = _trained()
+    path = save_checkpoint(tmp_path, step=5, model=model, optimizer=opt, state={"loss_sum": 0.1})
+    doc = json.loads((path / "state.json").read_text())
+    assert doc["format"] == "posenc-checkpoint/1" and doc["loss_sum"] == 0.1
+    assert set(doc["files"]) == {"model.safetensors", "trainer.safetensors"}
