@@ -1,0 +1,1 @@
+"""Training: configs, the loop, optimizers and schedules, checkpoints, evaluation metrics."""
