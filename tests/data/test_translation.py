@@ -98,3 +98,19 @@ def test_multi30k_loads_and_round_trips(shared_data) -> None:
     tok = ds.tokenizer
     assert all(tok.decode(ids) == text for ids, text in zip(test.src_ids, test.sources))
     assert all(tok.decode(ids) == text for ids, text in zip(test.tgt_ids, test.references))
+
+
+def test_trainer_interface(corpus) -> None:
+    from posenc.models import Seq2Seq, Seq2SeqConfig
+
+    cfg = TranslationConfig(train=corpus["train"], eval=corpus["eval"], vocab_size=300, max_len=20, max_tokens=64)
+    with pytest.warns(UserWarning):
+        ds = TranslationDataset.build(cfg)
+    assert ds.model_kind == "seq2seq" and ds.eval_names() == ["test"]
+    assert "kept 30 of 32 pairs" in ds.describe() and "test (7 lines)" in ds.describe()
+    batches = list(ds.eval_batches("test"))
+    assert sum(b.size for b in batches) == 7 and all(b.src.numel() <= 64 for b in batches[:-1])
+    model = Seq2Seq(Seq2SeqConfig(src_vocab_size=ds.vocab_size, tgt_vocab_size=ds.vocab_size, d_model=16,
+                                  num_heads=2, dim_feedforward=32, num_encoder_layers=1, num_decoder_layers=1))
+    scores = ds.extra_metrics(model, "test", autocast=torch.autocast("cpu", dtype=torch.bfloat16))
+    assert set(scores) == {"bleu", "chrf"} and all(0.0 <= v <= 100.0 for v in scores.values())

@@ -14,9 +14,12 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Iterator, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
+from torch import nn
 
 from .batch import Batch
 from .bpe import BPETokenizer
@@ -107,7 +110,11 @@ class TranslationDataset:
 
     Build it with ``TranslationDataset.build(config)`` (trains the tokenizer on the training source and target
     text) or pass an existing ``tokenizer`` (e.g. the one saved in a run directory, so ids stay the same).
+    It has the trainer's dataset interface: ``model_kind``, ``tokenizer``, ``train_batches(start)``,
+    ``eval_names()``, ``eval_batches(name)``, and ``extra_metrics`` (BLEU and chrF) and ``describe()``.
     """
+
+    model_kind = "seq2seq"
 
     def __init__(self, *, config: TranslationConfig, tokenizer: BPETokenizer, train: ParallelText,
                  evals: dict[str, ParallelText]) -> None:
@@ -154,6 +161,25 @@ class TranslationDataset:
     @property
     def pad_id(self) -> int:
         return self.tokenizer.pad_id
+
+    def eval_names(self) -> list[str]:
+        return list(self.eval_sets)
+
+    def describe(self) -> str:
+        return (f"{self.report.summary()}; joint BPE vocabulary {self.vocab_size}; "
+                f"{self.batches_per_epoch()} batches of <= {self.config.max_tokens} tokens an epoch; "
+                f"evaluation: {', '.join(f'{k} ({len(v)} lines)' for k, v in self.eval_sets.items()) or 'none'}")
+
+    def extra_metrics(
+        self, model: nn.Module, name: str, *, device: torch.device | str = "cpu",
+        autocast: AbstractContextManager[Any] | None = None,
+    ) -> dict[str, float]:
+        """sacreBLEU BLEU and chrF of the model's greedy translations of every line of evaluation set ``name``."""
+        from ..train.bleu import evaluate_translation  # the metrics build on this module, not the reverse
+
+        scores, _ = evaluate_translation(model, self._eval_set(name), self.tokenizer, device=device,
+                                         autocast=autocast, max_tokens=self.config.max_tokens)
+        return {"bleu": scores.bleu, "chrf": scores.chrf}
 
     def batches_per_epoch(self) -> int:
         return len(self.batcher)

@@ -9,6 +9,7 @@ are the references.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -86,11 +87,12 @@ def translate(
     max_tokens: int = 4096,
     max_new_tokens: Callable[[int], int] = lambda s: 2 * s + 10,
     device: torch.device | str = "cpu",
-    autocast_dtype: torch.dtype | None = None,
+    autocast: AbstractContextManager[Any] | None = None,
 ) -> list[str]:
     """Detokenized greedy translations of every source line of ``eval_set``, in the set's order.
 
-    Lines are decoded in length-sorted batches; ``max_new_tokens(source length)`` bounds each batch's output.
+    Lines are decoded in length-sorted batches; ``max_new_tokens(source length)`` bounds each batch's output;
+    ``autocast`` (e.g. ``torch.autocast("cpu", dtype=torch.bfloat16)``) is entered around each batch.
     """
     was_training = model.training
     model.eval()
@@ -102,8 +104,7 @@ def translate(
             src = torch.full((len(rows), width), pad_id, dtype=torch.long)  # (B, S)
             for b, r in enumerate(rows):
                 src[b, : len(r)] = torch.tensor(r)
-            with torch.autocast(device_type=torch.device(device).type, dtype=autocast_dtype,
-                                enabled=autocast_dtype is not None):
+            with autocast if autocast is not None else nullcontext():
                 out = greedy_decode(model, src.to(device), bos_id=bos_id, eos_id=eos_id,
                                     max_new_tokens=max_new_tokens(width))
             for i, ids in zip(idx, out):
