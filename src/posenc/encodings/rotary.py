@@ -16,8 +16,11 @@ length limit and checkpoints do not carry them.
 **Dynamic NTK and the KV cache.** With ``scaling=dynamic`` the rotation depends on the current length
 ``l = max(key position) + 1``, so a key's rotation changes as the sequence grows. The encoding sets
 ``rotate_after_cache``: attention then caches keys *before* rotation and re-rotates the whole cache at each step
-(Peng et al. 2023, section 3.3). A cached decoding step therefore equals an uncached forward of the prefix that
-ends at that token -- not a single forward over the finished sequence, which uses its final length throughout.
+(Peng et al. 2023, section 3.3). Every attention of a cached step then uses the step's own length: in a one-layer
+model the step equals an uncached forward of the prefix that ends at that token (not a forward over the finished
+sequence, which uses its final length throughout). In deeper models the lower layers' states of earlier tokens
+are those computed when those tokens were decoded -- what any KV cache keeps -- so past the trained length the
+step differs slightly from a fresh forward of its prefix; within it the two are the same.
 
 Legend: B batch, H heads, T length, Dh head width, R rotary width (``fraction * Dh``, even).
 """
