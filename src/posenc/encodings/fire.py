@@ -14,7 +14,7 @@ reimplementation). Normalizing by the query position ("progressive interpolation
 
 While every query position is below L the normalizer is the constant psi(L), the bias depends on ``j - i`` only,
 and the MLP is evaluated once per distinct distance (at most Tq + Tk - 1 of them) and gathered; otherwise it is
-evaluated on the whole (i, j) grid. Both give the same values; gradients reach the MLP, c and L either way.
+evaluated on the whole (i, j) grid. The distance matrix of plain-range positions is cached. Both give the same values; gradients reach the MLP, c and L either way.
 
 Legend: B batch, H heads, Tq / Tk query / key length, N distinct distances.
 """
@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .._checks import check_positive_int
+from ._relative import RangeCache, relative_distance
 from .base import PositionalEncoding, register
 
 __all__ = ["FIRE"]
@@ -49,6 +50,7 @@ class FIRE(PositionalEncoding):
         self.mlp = nn.Sequential(nn.Linear(1 if causal else 2, hidden), nn.ReLU(), nn.Linear(hidden, num_heads))
         self.c = nn.Parameter(torch.tensor(float(init_c)))
         self.threshold = nn.Parameter(torch.tensor(float(init_threshold)))
+        self._cache = RangeCache()
 
     def _psi(self, x: Tensor) -> Tensor:
         return torch.log1p(self.c.clamp(min=EPS) * x)
@@ -68,10 +70,10 @@ class FIRE(PositionalEncoding):
             hi = int(k_pos.max()) - int(q_pos.min())
             rel_values = torch.arange(lo, hi + 1, device=q_pos.device)  # (N,)
             table = self.mlp(self._features(rel_values, threshold))  # (N, H)
-            rel = k_pos.unsqueeze(-2) - q_pos.unsqueeze(-1)  # (Tq, Tk) or (B, Tq, Tk)
+            rel = self._cache.get(q_pos, k_pos, relative_distance)  # (Tq, Tk) or (B, Tq, Tk)
             values = F.embedding(rel - lo, table)  # (..., Tq, Tk, H)
         else:
-            rel = k_pos.unsqueeze(-2) - q_pos.unsqueeze(-1)
+            rel = self._cache.get(q_pos, k_pos, relative_distance)
             norm_pos = torch.maximum(threshold, q_pos.float()).unsqueeze(-1)  # (..., Tq, 1)
             values = self.mlp(self._features(rel, norm_pos))  # (..., Tq, Tk, H)
         return values.movedim(-1, -3)  # (H, Tq, Tk) or (B, H, Tq, Tk)
