@@ -8,7 +8,7 @@ from posenc.encodings import FIRE, build
 
 def _reference(enc: FIRE, q_pos: torch.Tensor, k_pos: torch.Tensor) -> torch.Tensor:
     """b(i, j) = f(psi(i - j) / psi(max(L, i))), psi(x) = log(c x + 1), evaluated pair by pair (causal)."""
-    c, L = float(enc.c), float(enc.threshold)
+    c, L = float(enc.c.detach()), float(enc.threshold.detach())
     out = torch.zeros(enc.num_heads, len(q_pos), len(k_pos))
     for a, i in enumerate(q_pos.tolist()):
         for b, j in enumerate(k_pos.tolist()):
@@ -26,7 +26,7 @@ def test_matches_formula(threshold):
 
 def test_init_and_gradients():
     enc = build("fire", num_heads=3, causal=True)
-    assert float(enc.c) == pytest.approx(0.1) and float(enc.threshold) == 512.0
+    assert float(enc.c.detach()) == pytest.approx(0.1) and float(enc.threshold.detach()) == 512.0
     assert enc.mlp[0].in_features == 1 and enc.mlp[0].out_features == 32 and enc.mlp[2].out_features == 3
     enc.bias(torch.arange(10), torch.arange(10)).pow(2).sum().backward()
     for p in (enc.c, enc.threshold, enc.mlp[0].weight, enc.mlp[2].weight):
