@@ -333,6 +333,10 @@ class MultiHeadAttention(nn.Module):
                 if cache is not None:
                     k, v = cache.self_kv.append(k, v)
         bias = enc.bias(q_pos, k_pos) if (not self.cross and enc.uses_bias) else None
+        if not self.cross and enc.uses_content_bias:  # query-dependent bias (Shaw et al.'s relative keys)
+            extra_bias = enc.content_bias(q, q_pos, k_pos)
+            if extra_bias is not None:
+                bias = extra_bias if bias is None else bias + extra_bias
         needs_weights = (not self.cross and enc.uses_value_term) or self.capture_weights
         p = self.dropout if self.training else 0.0
         out, weights = _attend(
