@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from posenc.cache import GrowingBuffer, KVCache, StackCache
-from posenc.encodings import PositionalEncoding, names
+from posenc.encodings import PositionalEncoding, build, names
 from posenc.models import LanguageModel, LMConfig, Seq2Seq, Seq2SeqConfig
 
 # Options an encoding needs to fit these small models (everything else is built from the model's context).
@@ -34,9 +34,18 @@ def small_lm(encoding, num_layers: int = 2) -> LanguageModel:
 
 
 def small_s2s(encoding, num_layers: int = 2) -> Seq2Seq:
-    """A small encoder-decoder (one decoder layer for a length-dependent encoding, see :func:`small_lm`)."""
+    """A small encoder-decoder (one decoder layer for a length-dependent encoding, see :func:`small_lm`).
+    A causal-only encoding (xPos) serves the decoder, and the encoder gets none."""
+    try:
+        build(encoding, d_model=32, num_heads=4, head_dim=8, causal=False)
+        enc_spec = encoding
+    except ValueError as err:
+        if "causal" not in str(err):
+            raise
+        enc_spec = "none"
     cfg = Seq2SeqConfig(src_vocab_size=V, tgt_vocab_size=V, d_model=32, num_heads=4, num_encoder_layers=2,
-                        num_decoder_layers=num_layers, dim_feedforward=64, dropout=0.0, encoding=encoding)
+                        num_decoder_layers=num_layers, dim_feedforward=64, dropout=0.0, encoding=enc_spec,
+                        decoder_encoding=encoding)
     model = Seq2Seq(cfg).eval()
     return small_s2s(encoding, 1) if num_layers > 1 and length_dependent(model.decoder) else model
 
