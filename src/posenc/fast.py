@@ -34,7 +34,7 @@ def use_fast_path(model: M, enabled: bool = True) -> M:
             module.fast_dropout = enabled
         for name, child in list(module.named_children()):
             if enabled and type(child) is nn.Dropout:
-                setattr(module, name, FastDropout(child.p))
+                setattr(module, name, FastDropout(child.p).train(child.training))
             elif not enabled and type(child) is FastDropout:
-                setattr(module, name, nn.Dropout(child.p))
+                setattr(module, name, nn.Dropout(child.p).train(child.training))
     return model
