@@ -53,7 +53,15 @@ def current_rss_mib() -> float:
 
 
 def peak_rss_mib() -> float:
-    """This process's peak resident set so far (``getrusage`` ``ru_maxrss``, KiB on Linux), in MiB."""
+    """This process's peak resident set so far (``VmHWM`` in /proc/self/status), in MiB.
+
+    Not ``getrusage``'s ``ru_maxrss``: Linux carries that across fork and exec, so a child started by a big
+    parent would report the parent's peak.
+    """
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 

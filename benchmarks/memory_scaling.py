@@ -2,7 +2,7 @@
 
 For each T (one sequence of T tokens per step) a fresh subprocess builds the model, trains ``--steps`` steps
 (forward, backward, Adam) and reports the median step time and its training memory: the peak resident set
-(``getrusage`` ``ru_maxrss``) minus the resident set just before the first step. Through the fused attention
+(``VmHWM``) minus the resident set just before the first step. Through the fused attention
 path (pure causal mask, no bias: SDPA gets ``is_causal=True`` and no mask) memory grows linearly in T; the
 plain math path (``--path math``, which materializes the (H, T, T) scores) shows the quadratic curve it
 avoids. Attention dropout is 0 by default: on CPU, SDPA cannot apply dropout in its fused kernel and falls

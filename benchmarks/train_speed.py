@@ -7,7 +7,7 @@ faster peer (median of the per-round ratios), and model FLOPs utilization agains
 product peak measured in the same run.
 
 Memory (``--memory``): each system runs in a fresh subprocess (so one system's allocations cannot hide in
-another's) for a few steps; reported are the peak resident set of that process (``getrusage`` ``ru_maxrss``)
+another's) for a few steps; reported are the peak resident set of that process (``VmHWM``)
 and the training part of it: the peak minus the resident set just before the first step (after imports, the
 model and the optimizer were built).
 
@@ -89,33 +89,43 @@ def ratio_to_peers(rates: dict[str, list[float]], system: str) -> str:
     return f"{median([rates[system][i] / max(rates[p][i] for p in peers) for i in range(rounds)]):.2f}x"
 
 
+def measure_peaks() -> dict[str, tuple[float, float]]:
+    return {"fp32": matmul_peak_gflops(torch.float32), "bf16": matmul_peak_gflops(torch.bfloat16)}
+
+
 def report(args: argparse.Namespace) -> None:
-    systems = [s for s in args.systems]
-    peaks = {"fp32": matmul_peak_gflops(torch.float32), "bf16": matmul_peak_gflops(torch.bfloat16)}
+    """Time every config and precision, then print the table. The matrix peak is measured before and after the
+    runs and the higher of the two is used: on a shared machine a single reading may catch a busy moment."""
+    systems = list(args.systems)
+    first = measure_peaks()
     print(f"machine: {machine()}")
-    print("matmul peak (2048^3, best of 5), GFLOP/s per wall second | per CPU second: " + ", ".join(
-        f"{k} {w:.0f} | {c:.0f}" for k, (w, c) in peaks.items()))
-    header = [
-        "config", "precision", "system", "target tok/s (wall)", "ratio (wall)", "tok/CPU-s", "ratio (CPU)", "MFU (wall)", "MFU (CPU)",
-        "peak RSS MiB", "training RSS MiB",
-    ]
-    rows = []
+    results = []
     for cfg_name in args.config:
-        cfg = CONFIGS[cfg_name]
-        flops_per_token = model_flops(cfg) / (cfg.batch * cfg.length)
         for precision in args.precision:
             wall, cpu = time_systems(cfg_name, precision, systems, args)
             for s in systems:
-                mfu = median(wall[s]) * flops_per_token / (peaks[precision][0] * 1e9)
-                mfu_cpu = median(cpu[s]) * flops_per_token / (peaks[precision][1] * 1e9)
                 mem = memory_of(cfg_name, precision, s, args) if args.memory else None
-                rows.append([
-                    cfg_name, precision, s, f"{median(wall[s]):,.0f}", ratio_to_peers(wall, s), f"{median(cpu[s]):,.0f}",
-                    ratio_to_peers(cpu, s), f"{100 * mfu:.0f}%", f"{100 * mfu_cpu:.0f}%",
-                    "—" if mem is None else f"{mem['peak_mib']:,.0f}", "—" if mem is None else f"{mem['train_mib']:,.0f}",
-                ])
+                results.append((cfg_name, precision, s, wall, cpu, mem))
                 print(f"  {cfg_name}/{precision} {s}: wall {[round(x) for x in wall[s]]} cpu {[round(x) for x in cpu[s]]}",
                       file=sys.stderr)
+    second = measure_peaks()
+    peaks = {k: (max(first[k][0], second[k][0]), max(first[k][1], second[k][1])) for k in first}
+    print("matmul peak (2048^3, best of 5, before and after), GFLOP/s per wall second | per CPU second: " + ", ".join(
+        f"{k} {w:.0f} | {c:.0f}" for k, (w, c) in peaks.items()))
+    header = [
+        "config", "precision", "system", "target tok/s (wall)", "ratio (wall)", "tok/CPU-s", "ratio (CPU)",
+        "MFU (wall)", "MFU (CPU)", "peak RSS MiB", "training RSS MiB",
+    ]
+    rows = []
+    for cfg_name, precision, s, wall, cpu, mem in results:
+        per_token = model_flops(CONFIGS[cfg_name]) / (CONFIGS[cfg_name].batch * CONFIGS[cfg_name].length)
+        mfu = median(wall[s]) * per_token / (peaks[precision][0] * 1e9)
+        mfu_cpu = median(cpu[s]) * per_token / (peaks[precision][1] * 1e9)
+        rows.append([
+            cfg_name, precision, s, f"{median(wall[s]):,.0f}", ratio_to_peers(wall, s), f"{median(cpu[s]):,.0f}",
+            ratio_to_peers(cpu, s), f"{100 * mfu:.0f}%", f"{100 * mfu_cpu:.0f}%",
+            "—" if mem is None else f"{mem['peak_mib']:,.0f}", "—" if mem is None else f"{mem['train_mib']:,.0f}",
+        ])
     print(table(header, rows))
 
 

@@ -48,10 +48,10 @@ def test_language_model_trains_on_the_fast_path():
     torch.manual_seed(0)
     lm = use_fast_path(LanguageModel(LMConfig(vocab_size=20, d_model=32, num_heads=4, num_layers=2,
                                               dim_feedforward=64, encoding="sinusoidal", dropout=0.1)))
-    ids = torch.arange(16).repeat(4, 1) % 20
-    opt = torch.optim.Adam(lm.parameters(), lr=3e-3)
+    ids = torch.arange(12).repeat(2, 1)
+    opt = torch.optim.Adam(lm.parameters(), lr=1e-2)
     losses = []
-    for _ in range(30):
+    for _ in range(15):
         loss = nn.functional.cross_entropy(lm(ids[:, :-1]).reshape(-1, 20), ids[:, 1:].reshape(-1))
         opt.zero_grad()
         loss.backward()
