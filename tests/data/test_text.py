@@ -71,3 +71,12 @@ def test_shakespeare_vocabulary(shared_data: pathlib.Path) -> None:
     ds = TextDataset(path=shared_data / "tinyshakespeare" / "input.txt", block_size=64)
     assert ds.tokenizer.vocab_size == 4 + 65  # nanoGPT's 65 characters plus our four specials
     assert len(ds.train_ids) + len(ds.val_ids) == 1115394
+
+
+def test_bpe_tokenizer_choice(path: pathlib.Path) -> None:
+    pytest.importorskip("posenc.data.bpe")
+    ds = TextDataset(path=path, block_size=8, tokenizer="bpe", bpe_vocab_size=300)
+    assert ds.tokenizer.to_dict()["kind"] == "bpe"
+    cut = int(len(TEXT) * 0.9)
+    assert ds.tokenizer.decode(ds.train_ids.tolist()) == TEXT[:cut]  # byte level: nothing lost
+    assert len(ds.train_ids) < cut  # merges learned: fewer tokens than characters
