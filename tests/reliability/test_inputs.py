@@ -74,7 +74,8 @@ def test_mismatched_tokenizer_is_refused_at_load(trained_run: pathlib.Path, tmp_
     swapped = CharTokenizer(chars=saved["chars"][::-1], extra_specials=saved["specials"][4:])  # same size, other ids
     assert swapped.vocab_size == len(saved["chars"]) + len(saved["specials"])
     (run / "tokenizer.json").write_text(json.dumps(swapped.to_dict()))
-    with pytest.raises(CheckpointError, match=r"tokenizer: checkpoint vocabulary of 21 tokens \(fingerprint [0-9a-f]{12}\), this run 21 tokens"):
+    expected = r"tokenizer: checkpoint vocabulary of 21 tokens \(fingerprint [0-9a-f]{12}\), this run 21 tokens"
+    with pytest.raises(CheckpointError, match=expected):
         load_run(run)
 
 

@@ -38,7 +38,8 @@ def _steps_per_epoch(text: str) -> int:
 
 
 def _rows(run: pathlib.Path) -> list[dict[str, str]]:
-    rows = list(csv.DictReader((run / "metrics.csv").open()))
+    with (run / "metrics.csv").open() as f:
+        rows = list(csv.DictReader(f))
     for r in rows:
         r.pop("elapsed_s", None), r.pop("cpu_s", None)  # the clocks are the only columns that may differ
     return rows
@@ -81,7 +82,8 @@ def test_sigkill_and_resume_on_text_is_bit_identical(
     train(cfg, log=lambda s: None)  # resume
     final = f"step_{cfg.train.steps:08d}"
     for name in ("model.safetensors", "trainer.safetensors"):
-        a, b = load_file(str(whole / "checkpoints" / final / name)), load_file(str(killed / "checkpoints" / final / name))
+        a = load_file(str(whole / "checkpoints" / final / name))
+        b = load_file(str(killed / "checkpoints" / final / name))
         assert a.keys() == b.keys()
         for k in a:
             assert torch.equal(a[k], b[k]), f"{name}:{k} differs after a kill at step {kill_at} ({where})"

@@ -172,8 +172,10 @@ def save_checkpoint(
     tmp = root / f".{final.name}.tmp{os.getpid()}"
     try:
         _write(tmp, step=step, model=model, optimizer=optimizer, state=state)
-    except OSError as err:
+    except BaseException as err:  # a full disk, memory, Ctrl-C: leave no temporary directory behind
         shutil.rmtree(tmp, ignore_errors=True)
+        if not isinstance(err, OSError):
+            raise
         raise CheckpointWriteError(err.errno, f"could not write checkpoint {final}: {err.strerror or err}") from err
     if final.exists():  # a re-run of the same step (e.g. the final checkpoint after a resume): replace it
         shutil.rmtree(final)

@@ -190,7 +190,8 @@ def evaluate_sets(
 
 
 def _eval_and_log(s: _Setup, step: int, mlog: MetricsLog, elapsed: float, cpu: float) -> dict[str, EvalResult]:
-    results = evaluate_sets(s.model, s.dataset, device=s.device, precision=s.cfg.train.precision)
+    with memory_guard(step, s.run_dir):
+        results = evaluate_sets(s.model, s.dataset, device=s.device, precision=s.cfg.train.precision)
     for name, res in results.items():
         mlog.log(step, name, {**res.row(), "elapsed_s": round(elapsed, 3), "cpu_s": round(cpu, 3)})
         mlog.log_lengths(step, name, res.per_length)
@@ -200,13 +201,14 @@ def _eval_and_log(s: _Setup, step: int, mlog: MetricsLog, elapsed: float, cpu: f
 def _checkpoint(s: _Setup, step: int) -> None:
     check_finite_weights(s.model, step=step, run_dir=s.run_dir)
     try:
-        save_checkpoint(s.run_dir, step=step, model=s.model, optimizer=s.optimizer,
-                        keep=s.cfg.train.keep_checkpoints,
-                        state={"data_position": s.data_position, "loss_sum": s.loss_sum, "loss_count": s.loss_count,
-                               "model_config": dataclasses.asdict(s.cfg.model), "model_kind": s.dataset.model_kind,
-                               "tokenizer_fingerprint": s.dataset.tokenizer.fingerprint(),
-                               "vocab_size": s.dataset.tokenizer.vocab_size, "run_signature": run_signature(s.cfg),
-                               "optim_config": dataclasses.asdict(s.cfg.optim)})
+        with memory_guard(step, s.run_dir):
+            save_checkpoint(s.run_dir, step=step, model=s.model, optimizer=s.optimizer,
+                            keep=s.cfg.train.keep_checkpoints,
+                            state={"data_position": s.data_position, "loss_sum": s.loss_sum, "loss_count": s.loss_count,
+                                   "model_config": dataclasses.asdict(s.cfg.model), "model_kind": s.dataset.model_kind,
+                                   "tokenizer_fingerprint": s.dataset.tokenizer.fingerprint(),
+                                   "vocab_size": s.dataset.tokenizer.vocab_size, "run_signature": run_signature(s.cfg),
+                                   "optim_config": dataclasses.asdict(s.cfg.optim)})
     except OSError as err:
         raise TrainingError(f"step {step}: could not write the checkpoint ({err}); "
                             f"{last_checkpoint_note(s.run_dir)}") from err
