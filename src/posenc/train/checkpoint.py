@@ -36,8 +36,8 @@ from safetensors.torch import load_file, load_model, save_file, save_model
 from torch import nn
 
 __all__ = [
-    "CheckpointError", "CheckpointWriteError", "atomic_write_text", "checkpoint_dirs", "latest_valid", "load_checkpoint",
-    "read_state", "save_checkpoint",
+    "CheckpointError", "CheckpointWriteError", "atomic_write_text", "checkpoint_dirs", "latest_valid",
+    "load_checkpoint", "read_state", "save_checkpoint",
 ]
 
 FORMAT = "posenc-checkpoint/1"

@@ -42,13 +42,14 @@ def _flat(sig: dict[str, Any]) -> dict[str, Any]:
 def check_resume(state: dict[str, Any], cfg: RunConfig, where: str) -> list[str]:
     """Refuse (``CheckpointError``) a resume whose batch stream would differ; return optimizer differences.
 
-    A checkpoint without a recorded signature (an older format) is not checked.
+    A checkpoint without a recorded signature (an older format) is not checked, nor is a setting added to the
+    config after the checkpoint was written (its default cannot have been recorded).
     """
     saved = state.get("run_signature")
     if saved is not None:
         old, new = _flat(saved), _flat(run_signature(cfg))
         diffs = [f"{k}: checkpoint {old.get(k)!r}, this run {new.get(k)!r}"
-                 for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
+                 for k in sorted(old) if old[k] != new.get(k)]  # a setting added since is not compared
         if diffs:
             raise CheckpointError(f"checkpoint {where} belongs to a run with other data settings; resuming it would "
                                   f"mix two runs: " + "; ".join(diffs) + ". Use another --run-dir for a new run")
@@ -57,4 +58,4 @@ def check_resume(state: dict[str, Any], cfg: RunConfig, where: str) -> list[str]
         return []
     now = dataclasses.asdict(cfg.optim)
     return [f"optim.{k}: checkpoint {optim.get(k)!r}, this run {now.get(k)!r}"
-            for k in sorted(set(optim) | set(now)) if optim.get(k) != now.get(k)]
+            for k in sorted(optim) if optim[k] != now.get(k)]
