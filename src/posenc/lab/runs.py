@@ -56,6 +56,7 @@ class RunConfig:
     checkpoint_every: int = 250
     eval_examples: int = 200  # test examples per length (tasks)
     eval_tokens: int = 16384  # predicted validation characters per length (lm)
+    init_from: str | None = None  # start from this run directory's weights (a fine-tune)
 
     def __post_init__(self) -> None:
         if self.task not in (*SEQUENCE_TASKS, "lm"):
@@ -192,6 +193,8 @@ def train_run(
     if meta is not None:
         _check_same(run_dir, meta, config)
         step = _restore(run_dir, meta, model, opt)
+    elif config.init_from is not None:
+        load_model(model, str(pathlib.Path(config.init_from) / "model.safetensors"))
     model.train()
     seq2seq = config.arch == "seq2seq"
     while step < config.steps:
