@@ -43,3 +43,15 @@ def test_cli_plot_kinds(tmp_path, check_png, capsys):
     # a bias plot of an encoding without a bias is a clean error, not a traceback
     assert main(["plot", "bias", "-e", "sinusoidal", "-o", str(tmp_path / "b.png")]) == 2
     assert "adds no bias" in capsys.readouterr().err
+
+
+def test_cli_attention_of_a_run(tmp_path, check_png):
+    from posenc.lab.runs import RunConfig, train_run
+
+    cfg = RunConfig(encoding="sinusoidal", steps=2, d_model=16, num_heads=2, num_layers=2, dim_feedforward=32, batch_size=4)
+    train_run(cfg, tmp_path / "run")
+    out = tmp_path / "att.png"
+    assert main(["plot", "attention", str(tmp_path / "run"), "-i", "3 1 4 1 5", "-o", str(out)]) == 0
+    w, h = check_png(out)
+    assert (w, h) == (int(100 * (2.2 * 2 + 1)), int(100 * (2.2 * 2 + 0.6)))  # 2 layers x 2 heads
+    assert main(["plot", "attention", str(tmp_path / "run"), "-i", "3 99", "-o", str(out)]) == 2

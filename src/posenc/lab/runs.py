@@ -253,3 +253,32 @@ def evaluate(model: nn.Module, config: RunConfig, length: int, *, data: Sequence
         ok = (pred == part.targets) | (part.targets == IGNORE)
         right += int(ok.all(-1).sum())
     return right / batch.size
+
+
+def encode_input(config: RunConfig, text: str) -> tuple[tuple[torch.Tensor, ...], list[str]]:
+    """A picture's input for a run: the model's positional arguments and a label per position.
+
+    For a sequence task ``text`` is the task input as symbol ids separated by spaces (``"3 1 4 1 5"``) and the
+    model sees the whole worked example (input, separator, answer); for ``lm`` it is raw text.
+    """
+    data = make_data(config)
+    if isinstance(data, CharText):
+        index = {c: i for i, c in enumerate(data.chars)}
+        unknown = sorted({c for c in text if c not in index})
+        if unknown:
+            raise ValueError(f"characters {unknown} are not in the vocabulary of {data.path}")
+        return (torch.tensor([[index[c] for c in text]]),), list(text)
+    try:
+        x = [int(t) for t in text.split()]
+    except ValueError:
+        raise ValueError(f"a {config.task} input is symbol ids separated by spaces, got {text!r}") from None
+    if not x or min(x) < 0 or max(x) >= data.symbols:
+        raise ValueError(f"symbols must lie in [0, {data.symbols}) and be at least one, got {x}")
+    xs = torch.tensor(x)
+    y = xs.flip(0) if data.name == "reverse" else xs
+    names = {data.sep: "SEP", data.eos: "EOS", data.bos: "BOS"}
+    if config.arch == "seq2seq":
+        tgt = torch.cat([torch.tensor([data.bos]), y])
+        return (xs[None], tgt[None]), [names.get(int(t), str(int(t))) for t in tgt]
+    seq = torch.cat([xs, torch.tensor([data.sep]), y])
+    return (seq[None],), [names.get(int(t), str(int(t))) for t in seq]
