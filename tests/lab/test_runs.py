@@ -4,7 +4,7 @@ import torch
 from posenc.lab.runs import RunConfig, evaluate, is_finished, load_run, train_run
 from posenc.lab.tasks import IGNORE, CharText, SequenceTask
 
-TINY = dict(d_model=16, num_heads=2, num_layers=1, dim_feedforward=32, batch_size=8, train_max=4, eval_examples=6)
+TINY = dict(task="copy", d_model=16, num_heads=2, num_layers=1, dim_feedforward=32, batch_size=8, train_max=4, eval_examples=6)
 
 
 def test_decoder_layout_of_a_copy_example():
@@ -74,7 +74,7 @@ class FlawedCopier(torch.nn.Module):
 
 def test_teacher_forced_exact_match_equals_greedy_decoding():
     task = SequenceTask("copy", 3)
-    cfg = RunConfig(symbols=3, eval_examples=40)
+    cfg = RunConfig(task="copy", symbols=3, eval_examples=40)
     model = FlawedCopier(task)
     seen = set()
     for n in (1, 2, 3, 5):
@@ -128,7 +128,7 @@ def test_char_lm_perplexity_is_exp_of_mean_nll(tmp_path):
     w = data.eval_windows(10, 100)
     assert w.inputs.shape == (10, 10)
     assert torch.equal(w.inputs[1, 0:1], data.valid[10:11]) and torch.equal(w.targets[0], data.valid[1:11])
-    cfg = RunConfig(task="lm", text=str(text), train_min=8, steps=2, eval_tokens=100, **{**TINY, "train_max": 8})
+    cfg = RunConfig(**{**TINY, "task": "lm", "text": str(text), "train_min": 8, "train_max": 8, "steps": 2, "eval_tokens": 100})
     model = train_run(cfg, tmp_path / "run")
     with torch.no_grad():
         logp = torch.log_softmax(model(w.inputs), -1).gather(-1, w.targets[..., None])

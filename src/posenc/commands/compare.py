@@ -1,8 +1,8 @@
 """``posenc compare``: which encoding still works beyond its training lengths? Train each encoding x seed on
 one task with the same model, budget and data; measure each at every test length; write a table and a plot.
 
-The defaults are the small-scale Kazemnejad et al. (2023) setup: decoder-only, copy, train lengths 1-20,
-test lengths 1-40. ``--task lm --text FILE`` measures perplexity by evaluation context instead (Press et al.
+The defaults are a small-scale Kazemnejad et al. (2023) setup: decoder-only, their copy variant that repeats one
+symbol (``rsc``), train lengths 1-20, test lengths 1-40. ``--task lm --text FILE`` measures perplexity by evaluation context instead (Press et al.
 2022); ``--arch seq2seq`` uses an encoder-decoder (a bidirectional encoder, Haviv et al. 2022).
 """
 
@@ -81,7 +81,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--encodings", "-e", nargs="+", default=list(DEFAULT_ENCODINGS),
                    help=f"names or specs (default: {' '.join(DEFAULT_ENCODINGS)})")
     p.add_argument("--seeds", type=int, nargs="+", default=[0], help="seeds (default 0)")
-    p.add_argument("--task", choices=("copy", "reverse", "repeat", "lm"), default="copy", help="(default copy)")
+    p.add_argument("--task", choices=("copy", "reverse", "repeat", "lm"), default="repeat", help="(default repeat)")
     p.add_argument("--text", default=None, help="text file of --task lm (character level)")
     p.add_argument("--train-lengths", type=int, nargs=2, metavar=("MIN", "MAX"), default=None,
                    help="training lengths (default 1 20; lm: the context, 128 128)")

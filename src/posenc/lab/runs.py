@@ -37,7 +37,7 @@ class RunConfig:
 
     encoding: str = "none"
     seed: int = 0
-    task: str = "copy"  # copy | reverse | repeat | lm
+    task: str = "repeat"  # copy | reverse | repeat | lm
     text: str | None = None  # the text file of task "lm"
     arch: str = "decoder"  # decoder (decoder-only) | seq2seq (encoder-decoder)
     train_min: int = 1  # task lengths U(train_min, train_max); for "lm" the training context is train_max
@@ -46,11 +46,11 @@ class RunConfig:
     d_model: int = 64
     num_heads: int = 4
     num_layers: int = 2
-    dim_feedforward: int = 256
+    dim_feedforward: int = 128
     dropout: float = 0.0
-    steps: int = 1500
-    batch_size: int = 64
-    lr: float = 1e-3
+    steps: int = 600
+    batch_size: int = 32
+    lr: float = 3e-3
     warmup: int = 100
     weight_decay: float = 0.01
     checkpoint_every: int = 250
