@@ -41,6 +41,8 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     b.add_argument("--lr", type=float, default=d.lr, help=f"peak learning rate (default {d.lr})")
     b.add_argument("--warmup", type=int, default=d.warmup, help=f"warm-up steps (default {d.warmup})")
     b.add_argument("--eval-examples", type=int, default=d.eval_examples, help=f"test examples per length (default {d.eval_examples})")
+    b.add_argument("--threads", type=int, default=1,
+                   help="torch threads (default 1: tiny models gain little from more, and lose much when cores are shared)")
     b.add_argument("--eval-tokens", type=int, default=d.eval_tokens, help=f"lm: validation characters per length (default {d.eval_tokens})")
 
 
@@ -57,8 +59,19 @@ def run_config(args: argparse.Namespace, **overrides: object):  # -> RunConfig
     )
 
 
+def set_threads(n: int) -> None:
+    import torch
+
+    if n < 0:
+        raise ValueError(f"--threads must be >= 0 (0 = torch's default), got {n}")
+    if n:
+        torch.set_num_threads(n)
+
+
 def run(args: argparse.Namespace) -> int:
     from ..lab.compare import CompareConfig, compare
+
+    set_threads(args.threads)
 
     base = run_config(args)
     if args.test_lengths:

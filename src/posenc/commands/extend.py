@@ -9,7 +9,9 @@ import argparse
 def run(args: argparse.Namespace) -> int:
     from ..lab.extend import ExtendConfig, extend
     from ..lab.runs import load_run
-    from .compare import parse_lengths
+    from .compare import parse_lengths, set_threads
+
+    set_threads(args.threads)
 
     if args.lengths:
         lengths = parse_lengths(args.lengths)
@@ -38,5 +40,6 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="test lengths or ranges (default: up to s x the training length)")
     p.add_argument("--finetune-steps", type=int, default=0, help="also fine-tune each scaling this many steps at s x L")
     p.add_argument("--finetune-lr", type=float, default=None, help="fine-tune learning rate (default: the run's / 10)")
+    p.add_argument("--threads", type=int, default=1, help="torch threads (default 1; 0 = torch's default)")
     p.add_argument("--out", "-o", default="extend-out", help="results directory (default extend-out)")
     p.set_defaults(func=run)
