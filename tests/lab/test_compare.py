@@ -112,3 +112,11 @@ def test_compare_with_the_lab_trainer_end_to_end(tmp_path, capsys):
     assert (tmp_path / "runs" / "none-seed0" / "model.safetensors").exists()
     assert "beyond training (5–5)" in capsys.readouterr().out
     torch.manual_seed(0)
+
+
+def test_parse_lengths():
+    from posenc.commands.compare import parse_lengths
+
+    assert parse_lengths(["1-3", "10", "2"]) == [1, 2, 3, 10]
+    with pytest.raises(ValueError, match="21-40"):
+        parse_lengths(["twenty"])

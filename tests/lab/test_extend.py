@@ -6,7 +6,7 @@ from posenc.lab.extend import ExtendConfig, extend, scaled_spec
 from posenc.lab.runs import RunConfig, train_run
 
 HAVE_ROPE = "rope" in names()
-TINY = dict(d_model=16, num_heads=2, num_layers=1, dim_feedforward=32, batch_size=8, train_max=4, eval_examples=8)
+TINY = dict(task="copy", d_model=16, num_heads=2, num_layers=1, dim_feedforward=32, batch_size=8, train_max=4, eval_examples=8)
 
 
 def test_scaled_spec_rejects_other_encodings_and_bad_input():
@@ -51,3 +51,11 @@ def test_finetune_runs_are_resumable_rows(tmp_path):
     assert (tmp_path / "out" / "finetune" / "linear_x2__ft" / "run.json").exists()
     extend(cfg, tmp_path / "out")  # everything measured: nothing added
     assert len(res.read_rows(tmp_path / "out" / "results.csv")) == 4
+
+
+def test_trained_positions_count_what_attention_saw():
+    from posenc.lab.extend import trained_positions
+
+    assert trained_positions(RunConfig(train_max=20)) == 41  # x (20) SEP y (20): 41 inputs
+    assert trained_positions(RunConfig(train_max=20, arch="seq2seq")) == 21  # BOS y
+    assert trained_positions(RunConfig(**{**TINY, "task": "lm", "text": "f.txt", "train_min": 64, "train_max": 64})) == 64

@@ -136,12 +136,14 @@ class _Progress:
     def __init__(self, total: int, enabled: bool) -> None:
         self.bar = None
         self.total, self.done, self.start = total, 0, time.monotonic()
+        self.label, self.last = "", self.start
         if enabled:
             from tqdm.auto import tqdm
 
             self.bar = tqdm(total=total, unit="it", dynamic_ncols=True, file=sys.stderr)
 
     def run(self, label: str) -> None:
+        self.label = label
         if self.bar is not None:
             self.bar.set_description(label)
         else:
@@ -153,6 +155,10 @@ class _Progress:
             self.bar.update(n)
             if post:
                 self.bar.set_postfix(post, refresh=False)
+        elif time.monotonic() - self.last > 30:  # no terminal: a line every half minute
+            self.last = time.monotonic()
+            where = " ".join(f"{k} {v}" for k, v in post.items())
+            print(f"{self.label}: {where} ({self.eta()})", file=sys.stderr, flush=True)
 
     def eta(self) -> str:
         if not self.done:

@@ -28,7 +28,7 @@ __all__ = ["SCALINGS", "ExtendConfig", "extend", "scaled_spec"]
 
 SCALINGS = ("none", "linear", "ntk", "dynamic", "yarn", "llama3")
 # Names an encoding may give the length it was trained at (the scalings that need it read it from there).
-_TRAINED_LENGTH_KEYS = ("original_max_position", "original_length", "original_context", "trained_length", "max_position")
+_TRAINED_LENGTH_KEYS = ("original_max_len", "original_max_position", "original_length", "original_context", "trained_length", "max_position")
 
 
 def scaled_spec(spec: str, scaling: str, factor: float, trained_length: int) -> str:
@@ -76,12 +76,20 @@ def _label(scaling: str, factor: float, tuned: bool) -> str:
     return base + (" +ft" if tuned else "")
 
 
+def trained_positions(run: RunConfig) -> int:
+    """How many positions the run's self-attention saw in training: a decoder-only task example is
+    ``x SEP y`` (2n + 1 inputs), a decoder input ``BOS y`` (n + 1), an LM window its context."""
+    if run.task == "lm":
+        return run.train_max
+    return 2 * run.train_max + 1 if run.arch == "decoder" else run.train_max + 1
+
+
 def _variants(config: ExtendConfig, run: RunConfig) -> list[tuple[str, str, float, bool]]:
     """(label, spec, factor, fine-tuned) for every measurement series."""
     out = []
     for scaling in config.scalings:
         for factor in [1.0] if scaling == "none" else config.factors:
-            spec = scaled_spec(run.encoding, scaling, factor, run.train_max)
+            spec = scaled_spec(run.encoding, scaling, factor, trained_positions(run))
             out.append((_label(scaling, factor, False), spec, factor, False))
             if config.finetune_steps:
                 out.append((_label(scaling, factor, True), spec, factor, True))
