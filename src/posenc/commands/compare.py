@@ -93,7 +93,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("compare", help="train each encoding on one task and measure it at every test length")
     p.add_argument("--encodings", "-e", nargs="+", default=list(DEFAULT_ENCODINGS),
                    help=f"names or specs (default: {' '.join(DEFAULT_ENCODINGS)})")
-    p.add_argument("--seeds", type=int, nargs="+", default=[0], help="seeds (default 0)")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="seeds (default 0 1)")
     p.add_argument("--task", choices=("copy", "reverse", "repeat", "lm"), default="repeat", help="(default repeat)")
     p.add_argument("--text", default=None, help="text file of --task lm (character level)")
     p.add_argument("--train-lengths", type=int, nargs=2, metavar=("MIN", "MAX"), default=None,

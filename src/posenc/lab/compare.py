@@ -70,7 +70,7 @@ class CompareConfig:
 
     base: RunConfig = field(default_factory=RunConfig)
     encodings: list[str] = field(default_factory=lambda: list(DEFAULT_ENCODINGS))
-    seeds: list[int] = field(default_factory=lambda: [0])
+    seeds: list[int] = field(default_factory=lambda: [0, 1])
     test_lengths: list[int] = field(default_factory=lambda: list(range(1, 41)))
 
     def __post_init__(self) -> None:
@@ -222,5 +222,5 @@ def write_report(config: CompareConfig, out: pathlib.Path) -> CompareOutput:
 def _describe(base: RunConfig) -> str:
     task = f"lm on {pathlib.Path(base.text).name}" if base.task == "lm" else base.task
     arch = "decoder-only" if base.arch == "decoder" else "encoder-decoder"
-    return (f"{task}, {arch}, {base.num_layers} layers, d={base.d_model}, {base.steps} steps, "
-            f"train lengths {base.train_min if base.task != 'lm' else base.train_max}–{base.train_max}")
+    trained = f"context {base.train_max}" if base.task == "lm" else f"train lengths {base.train_min}–{base.train_max}"
+    return f"{task}, {arch}, {base.num_layers} layers, d={base.d_model}, {base.steps} steps, {trained}"

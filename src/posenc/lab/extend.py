@@ -136,7 +136,7 @@ def _report(config: ExtendConfig, run: RunConfig, out: pathlib.Path) -> str:
     order = [v[0] for v in _variants(config, run)]
     rows = [r for r in res.read_rows(out / "results.csv") if r.encoding in order and r.length in set(config.lengths)]
     train_range = (1, run.train_max) if run.task == "lm" else (run.train_min, run.train_max)
-    table = res.markdown_table(rows, train_range, sorted(set(config.lengths)), order=order)
+    table = res.markdown_table(rows, train_range, sorted(set(config.lengths)), order=order, label="setting")
     per_length = _per_length_table(rows, order, sorted(set(config.lengths)))
     (out / "results.md").write_text(f"# posenc extend: {config.run_dir}\n\n{table}\n{per_length}")
     plot_metric_vs_length(

@@ -128,7 +128,12 @@ def _fmt(mean: float, std: float, seeds: int, percent: bool) -> str:
 
 
 def markdown_table(
-    rows: Sequence[Row], train_range: tuple[int, int], test_lengths: Sequence[int], order: Sequence[str] | None = None
+    rows: Sequence[Row],
+    train_range: tuple[int, int],
+    test_lengths: Sequence[int],
+    order: Sequence[str] | None = None,
+    *,
+    label: str = "encoding",
 ) -> str:
     """The Markdown summary: one line per encoding, in-distribution and out-of-distribution means."""
     rows = list(rows)
@@ -142,7 +147,7 @@ def markdown_table(
     span = lambda ns: f"{min(ns)}–{max(ns)}" if ns else "none"  # noqa: E731
     better = "lower is better" if not percent else "higher is better"
     lines = [
-        f"| encoding | seeds | {metric}, in distribution ({span(ind)}) | {metric}, beyond training ({span(ood)}) |",
+        f"| {label} | seeds | {metric}, in distribution ({span(ind)}) | {metric}, beyond training ({span(ood)}) |",
         "|---|---|---|---|",
     ]
     for s in summary(rows, train_range, order):
