@@ -59,3 +59,15 @@ def test_trained_positions_count_what_attention_saw():
     assert trained_positions(RunConfig(train_max=20)) == 41  # x (20) SEP y (20): 41 inputs
     assert trained_positions(RunConfig(train_max=20, arch="seq2seq")) == 21  # BOS y
     assert trained_positions(RunConfig(**{**TINY, "task": "lm", "text": "f.txt", "train_min": 64, "train_max": 64})) == 64
+
+
+@pytest.mark.skipif(not HAVE_ROPE, reason="the rope encoding is not registered")
+def test_plain_rope_is_fine_tuned_at_the_longest_length(tmp_path):
+    import json
+
+    run = tmp_path / "run"
+    train_run(RunConfig(encoding="rope", steps=2, **TINY), run)
+    extend(ExtendConfig(run_dir=str(run), lengths=[4], scalings=["none"], factors=[2.0, 3.0], finetune_steps=1),
+           tmp_path / "out")
+    tuned = json.loads((tmp_path / "out" / "finetune" / "none__ft" / "run.json").read_text())["config"]
+    assert tuned["train_max"] == 12 and tuned["encoding"] == "rope" and tuned["init_from"] == str(run)

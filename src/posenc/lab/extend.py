@@ -85,14 +85,16 @@ def trained_positions(run: RunConfig) -> int:
 
 
 def _variants(config: ExtendConfig, run: RunConfig) -> list[tuple[str, str, float, bool]]:
-    """(label, spec, factor, fine-tuned) for every measurement series."""
+    """(label, spec, factor the fine-tune length is scaled by, fine-tuned) for every measurement series."""
     out = []
     for scaling in config.scalings:
         for factor in [1.0] if scaling == "none" else config.factors:
             spec = scaled_spec(run.encoding, scaling, factor, trained_positions(run))
             out.append((_label(scaling, factor, False), spec, factor, False))
             if config.finetune_steps:
-                out.append((_label(scaling, factor, True), spec, factor, True))
+                # plain RoPE is fine-tuned at the longest extended length: Chen et al.'s direct fine-tuning
+                tune_at = max(config.factors) if scaling == "none" else factor
+                out.append((_label(scaling, factor, True), spec, tune_at, True))
     return out
 
 
