@@ -51,29 +51,15 @@ def score_translations(hypotheses: Sequence[str], references: Sequence[str]) -> 
     )
 
 
-@torch.no_grad()
 def greedy_decode(
     model: Seq2Seq, src: Tensor, *, bos_id: int, eos_id: int, max_new_tokens: int
 ) -> list[list[int]]:
-    """Greedy decoding over the KV cache: ``src`` (B, S) -> for each row, the ids before its first EOS.
+    """Greedy decoding over the KV cache: ``src`` (B, S, padded with the model's pad_id) -> for each row, the
+    ids before its first EOS. A thin wrapper over :func:`posenc.generate.translate`."""
+    from ..generate import translate as decode
 
-    A minimal decoder for evaluation; ``posenc.generate`` (greedy and beam search) supersedes it.
-    """
-    memory, pad = model.encode(src)  # (B, S, D)
-    cache = model.new_cache()
-    batch = src.shape[0]
-    step = torch.full((batch, 1), bos_id, dtype=torch.long, device=src.device)  # (B, 1)
-    done = torch.zeros(batch, dtype=torch.bool, device=src.device)
-    out: list[Tensor] = []
-    for _ in range(max_new_tokens):
-        logits = model.decode(step, memory, pad, cache=cache)  # (B, 1, V)
-        step = logits[:, -1].argmax(dim=-1, keepdim=True)  # (B, 1)
-        out.append(step[:, 0])
-        done |= step[:, 0] == eos_id
-        if bool(done.all()):
-            break
-    ids = torch.stack(out, dim=1).tolist() if out else [[] for _ in range(batch)]
-    return [row[: row.index(eos_id)] if eos_id in row else row for row in ids]
+    with torch.no_grad():
+        return decode(model, src, bos_id=bos_id, eos_id=eos_id, max_len=max_new_tokens)
 
 
 def translate(
