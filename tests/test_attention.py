@@ -121,3 +121,46 @@ def test_multihead_matches_torch():
 def test_heads_must_divide_width():
     with pytest.raises(ValueError, match="d_model=10 is not divisible by num_heads=4"):
         MultiHeadAttention(d_model=10, num_heads=4)
+
+
+def test_fast_dropout_path_equals_the_formula_with_the_same_mask():
+    from posenc.attention import _attend
+    from posenc.dropout import keep_mask, quantized_p
+
+    q, k, v = (t.requires_grad_() for t in qkv(tq=6, tk=6))
+    pad = torch.zeros(2, 6, dtype=torch.bool)
+    pad[1, -2:] = True
+    for causal, kpm in ((True, None), (False, pad), (True, pad)):
+        m = build_mask(None, kpm, causal=causal, batch=2, heads=3, q_len=6, k_len=6)
+        torch.manual_seed(7)
+        out, _ = _attend(q, k, v, m, None, dropout_p=0.3, scale=None, use_math=False, fast=True)
+        blocked = causal_blocked(6, 6) if causal else torch.zeros(6, 6, dtype=torch.bool)
+        if kpm is not None:
+            blocked = blocked | kpm[:, None, None, :]
+        weights = torch.softmax((q @ k.transpose(-2, -1) / math.sqrt(8)).masked_fill(blocked, float("-inf")), -1)
+        torch.manual_seed(7)
+        keep = keep_mask(weights.shape, 0.3)
+        want = (weights * keep / (1 - quantized_p(0.3))) @ v
+        torch.testing.assert_close(out, want, atol=1e-5, rtol=1e-5)
+        g = torch.randn_like(out)
+        got = torch.autograd.grad(out, (q, k, v), g)
+        torch.testing.assert_close(got, torch.autograd.grad(want, (q, k, v), g), atol=1e-5, rtol=1e-5)
+
+
+def test_pure_causal_self_attention_hands_sdpa_is_causal_and_no_mask(monkeypatch):
+    import torch.nn.functional as F
+
+    from posenc.models import LanguageModel, LMConfig
+
+    seen = []
+    real = F.scaled_dot_product_attention
+
+    def spy(q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None):
+        seen.append((attn_mask, is_causal))
+        return real(q, k, v, attn_mask=attn_mask, dropout_p=dropout_p, is_causal=is_causal, scale=scale)
+
+    monkeypatch.setattr(F, "scaled_dot_product_attention", spy)
+    lm = LanguageModel(LMConfig(vocab_size=20, d_model=16, num_heads=2, num_layers=2, dim_feedforward=32,
+                                encoding="sinusoidal", dropout=0.0))
+    lm(torch.randint(0, 20, (2, 9)))
+    assert len(seen) == 2 and all(mask is None and causal for mask, causal in seen)

@@ -56,7 +56,7 @@ def check_ids(name: str, ids: Any, vocab_size: int) -> Tensor:
     if ids.dtype.is_floating_point or ids.dtype == torch.bool or ids.is_complex():
         raise TypeError(f"{name} must hold integer token ids, got dtype {ids.dtype}")
     if ids.numel():
-        lo, hi = int(ids.min()), int(ids.max())
+        lo, hi = (int(v) for v in torch.aminmax(ids))
         if lo < 0:
             raise ValueError(f"{name} holds id {lo} < 0; ids must lie in [0, {vocab_size})")
         if hi >= vocab_size:

@@ -22,6 +22,7 @@ from torch import Tensor, nn
 
 from ._checks import check_rank
 from .cache import LayerCache
+from .dropout import fast_dropout
 from .encodings.base import PositionalEncoding
 
 __all__ = ["AttentionMask", "MultiHeadAttention", "build_mask", "scaled_dot_product_attention"]
@@ -190,14 +191,20 @@ def _attend(
     scale: float | None,
     use_math: bool,
     want_weights: bool = False,
+    fast: bool = False,
 ) -> tuple[Tensor, Tensor | None]:
-    """Attention over ``(B, H, T, Dh)`` tensors with a prepared mask and an encoding's bias."""
+    """Attention over ``(B, H, T, Dh)`` tensors with a prepared mask and an encoding's bias.
+
+    ``fast`` (the opt-in fast path) drops attention weights with :func:`posenc.dropout.fast_dropout`; since
+    SDPA's CPU kernel cannot apply dropout itself (it falls back to its own math path), attention with
+    dropout then takes the math path here.
+    """
     if mask is None:
         attn_mask, is_causal = (None if bias is None else bias.to(q.dtype)), False
     else:
         attn_mask, is_causal = mask.for_sdpa(bias, q.dtype)
     weights = None
-    if use_math or want_weights:
+    if use_math or want_weights or (fast and dropout_p > 0):
         scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
         scores = torch.matmul(q, k.transpose(-2, -1)) * scale  # (B, H, Tq, Tk)
         if attn_mask is not None:
@@ -208,7 +215,10 @@ def _attend(
         weights = torch.softmax(scores.float(), dim=-1).to(q.dtype)
         if mask is not None and mask.dead_rows is not None:
             weights = weights.masked_fill(mask.dead_rows, 0.0)
-        dropped = F.dropout(weights, p=dropout_p) if dropout_p > 0 else weights
+        if dropout_p > 0:
+            dropped = fast_dropout(weights, dropout_p) if fast else F.dropout(weights, p=dropout_p)
+        else:
+            dropped = weights
         out = torch.matmul(dropped, v)  # (B, H, Tq, Dh)
     else:
         out = F.scaled_dot_product_attention(
@@ -279,6 +289,7 @@ class MultiHeadAttention(nn.Module):
         self.encoding = encoding if (encoding is not None and not cross) else PositionalEncoding()
         self.use_math = False  # take the plain math path (tests, and encodings that need the weights)
         self.capture_weights = False  # keep the last attention weights in `last_weights` (pictures)
+        self.fast_dropout = False  # the fast path's dropout on attention weights (posenc.fast.use_fast_path)
         self.last_weights: Tensor | None = None
 
     def _heads(self, t: Tensor) -> Tensor:
@@ -288,9 +299,10 @@ class MultiHeadAttention(nn.Module):
     def _project(self, x: Tensor, memory: Tensor | None, cache: LayerCache | None) -> tuple[Tensor, Tensor, Tensor]:
         d = self.d_model
         if not self.cross:
-            qkv = self.in_proj(x)  # (B, T, 3D)
-            q, k, v = qkv.split(d, dim=-1)
-            return self._heads(q), self._heads(k), self._heads(v)
+            b, n, _ = x.shape
+            qkv = self.in_proj(x).view(b, n, 3, self.num_heads, self.head_dim)  # (B, T, 3, H, Dh)
+            q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # 3 x (B, H, T, Dh), one op instead of seven
+            return q, k, v
         w, b = self.in_proj.weight, self.in_proj.bias
         q = F.linear(x, w[:d], None if b is None else b[:d])
         if cache is not None and cache.cross is not None:
@@ -332,10 +344,15 @@ class MultiHeadAttention(nn.Module):
                 if cache is not None:
                     k, v = cache.self_kv.append(k, v)
         bias = enc.bias(q_pos, k_pos) if (not self.cross and enc.uses_bias) else None
+        if not self.cross and enc.uses_content_bias:  # query-dependent bias (Shaw et al.'s relative keys)
+            extra_bias = enc.content_bias(q, q_pos, k_pos)
+            if extra_bias is not None:
+                bias = extra_bias if bias is None else bias + extra_bias
         needs_weights = (not self.cross and enc.uses_value_term) or self.capture_weights
         p = self.dropout if self.training else 0.0
         out, weights = _attend(
-            q, k, v, mask, bias, dropout_p=p, scale=None, use_math=self.use_math, want_weights=needs_weights
+            q, k, v, mask, bias, dropout_p=p, scale=None, use_math=self.use_math, want_weights=needs_weights,
+            fast=self.fast_dropout,
         )
         if needs_weights and not self.cross and enc.uses_value_term:
             extra = enc.value_term(weights, q_pos, k_pos)

@@ -1,7 +1,9 @@
 """``posenc``: the command line, a thin parse-and-dispatch layer over the library.
 
 Each subcommand lives in ``posenc.commands.<name>``; this file only assembles the parser and turns the
-library's ``ValueError``/``TypeError``/``FileNotFoundError`` into a one-line message and exit status 2.
+library's ``ValueError``/``TypeError``/``FileNotFoundError`` (bad input) into a one-line message and exit status 2,
+and a run that had to stop (``TrainingError``: a NaN loss, out of memory, a full disk) or another ``OSError`` into
+a one-line message and exit status 1.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import sys
 from collections.abc import Sequence
 
 from .commands import COMMANDS
+from .train.faults import TrainingError
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -29,6 +32,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ValueError, TypeError, FileNotFoundError) as err:
         print(f"posenc: error: {err}", file=sys.stderr)
         return 2
+    except (TrainingError, OSError, MemoryError) as err:
+        print(f"posenc: error: {type(err).__name__}: {err}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

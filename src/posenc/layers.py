@@ -46,7 +46,8 @@ class FeedForward(nn.Module):
         self.activation = activation_fn(activation)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.linear2(self.dropout(self.activation(self.linear1(x))))  # (B, T, D)
+        h = self.activation(self.linear1(x))
+        return self.linear2(self.dropout(h) if self.training else h)  # (B, T, D)
 
 
 class EncoderLayer(nn.Module):
@@ -86,14 +87,20 @@ class EncoderLayer(nn.Module):
         k_pos: Tensor | None = None,
         cache: LayerCache | None = None,
     ) -> Tensor:
+        train = self.training  # dropout is the identity outside training: skip the calls (decoding is per step)
+
         def sa(h: Tensor) -> Tensor:
-            return self.dropout1(self.self_attn(h, mask=mask, q_pos=q_pos, k_pos=k_pos, cache=cache))
+            out = self.self_attn(h, mask=mask, q_pos=q_pos, k_pos=k_pos, cache=cache)
+            return self.dropout1(out) if train else out
+
+        def ff(h: Tensor) -> Tensor:
+            return self.dropout2(self.ff(h)) if train else self.ff(h)
 
         if self.norm_first:
             x = x + sa(self.norm1(x))
-            return x + self.dropout2(self.ff(self.norm2(x)))
+            return x + ff(self.norm2(x))
         x = self.norm1(x + sa(x))
-        return self.norm2(x + self.dropout2(self.ff(x)))  # (B, T, D)
+        return self.norm2(x + ff(x))  # (B, T, D)
 
 
 class DecoderLayer(nn.Module):
@@ -137,16 +144,23 @@ class DecoderLayer(nn.Module):
         k_pos: Tensor | None = None,
         cache: LayerCache | None = None,
     ) -> Tensor:
+        train = self.training  # dropout is the identity outside training: skip the calls (decoding is per step)
+
         def sa(h: Tensor) -> Tensor:
-            return self.dropout1(self.self_attn(h, mask=self_mask, q_pos=q_pos, k_pos=k_pos, cache=cache))
+            out = self.self_attn(h, mask=self_mask, q_pos=q_pos, k_pos=k_pos, cache=cache)
+            return self.dropout1(out) if train else out
 
         def ca(h: Tensor) -> Tensor:
-            return self.dropout2(self.cross_attn(h, memory, mask=memory_mask, cache=cache))
+            out = self.cross_attn(h, memory, mask=memory_mask, cache=cache)
+            return self.dropout2(out) if train else out
+
+        def ff(h: Tensor) -> Tensor:
+            return self.dropout3(self.ff(h)) if train else self.ff(h)
 
         if self.norm_first:
             x = x + sa(self.norm1(x))
             x = x + ca(self.norm2(x))
-            return x + self.dropout3(self.ff(self.norm3(x)))
+            return x + ff(self.norm3(x))
         x = self.norm1(x + sa(x))
         x = self.norm2(x + ca(x))
-        return self.norm3(x + self.dropout3(self.ff(x)))  # (B, T, D)
+        return self.norm3(x + ff(x))  # (B, T, D)

@@ -18,7 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from ._checks import check_divisible, check_positions, check_positive_int, check_rank
-from .attention import build_mask
+from .attention import AttentionMask, build_mask
 from .cache import StackCache
 from .encodings import PositionalEncoding, build_per_layer
 from .layers import DecoderLayer, EncoderLayer
@@ -218,6 +218,28 @@ class TransformerDecoder(_Stack):
         self.dropout = nn.Dropout(dropout)
         self.batch_first, self.causal = batch_first, causal
 
+    def _memory_mask(
+        self, memory_mask: Tensor | None, padding: Tensor | None, is_causal: bool, cache: StackCache | None, *,
+        batch: int, q_len: int, k_len: int, device: torch.device,
+    ) -> AttentionMask | None:
+        """The cross-attention mask. While decoding step by step it is the same at every step (one query over the
+        same source padding), so the cache keeps it instead of building it again each step."""
+        def build() -> AttentionMask | None:
+            return build_mask(
+                memory_mask, padding, causal=bool(is_causal), batch=batch, heads=self.nhead, q_len=q_len, k_len=k_len,
+                device=device,
+            )
+
+        if cache is None or memory_mask is not None or is_causal:
+            return build()
+        key = (batch, q_len, k_len)
+        memo = cache.memory_mask
+        if memo is not None and memo[0] is padding and memo[1] == key:
+            return memo[2]
+        mask = build()
+        cache.memory_mask = (padding, key, mask)
+        return mask
+
     def forward(
         self,
         tgt: Tensor,
@@ -244,9 +266,9 @@ class TransformerDecoder(_Stack):
             tgt_mask, k_pad, causal=self.causal or bool(tgt_is_causal), batch=batch, heads=self.nhead,
             q_len=length, k_len=k_pos.shape[-1], device=x.device,
         )
-        mem_mask = build_mask(
-            memory_mask, memory_key_padding_mask, causal=bool(memory_is_causal), batch=batch, heads=self.nhead,
-            q_len=length, k_len=mem.shape[1], device=x.device,
+        mem_mask = self._memory_mask(
+            memory_mask, memory_key_padding_mask, memory_is_causal, cache, batch=batch, q_len=length, k_len=mem.shape[1],
+            device=x.device,
         )
 
         def step(i: int, h: Tensor, qp: Tensor, kp: Tensor) -> Tensor:

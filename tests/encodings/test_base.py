@@ -76,3 +76,33 @@ def test_parse_layers():
     assert parse_layers("rope*2") == ["rope", "rope"]
     with pytest.raises(ValueError, match="empty layer spec"):
         parse_layers("rope||none")
+
+
+def test_parenthesised_values_hold_commas_and_colons():
+    assert parse_spec("randomized:inner=(rope:base=5e5,layout=half),seed=3") == (
+        "randomized", {"inner": "rope:base=5e5,layout=half", "seed": 3}
+    )
+    with pytest.raises(ValueError, match="unbalanced"):
+        parse_spec("randomized:inner=rope)")
+
+
+def test_content_bias_hook_is_added_to_the_logits():
+    from posenc.attention import MultiHeadAttention
+
+    class QueryNorm(PositionalEncoding):
+        def content_bias(self, q, q_pos, k_pos):
+            return q.sum(-1, keepdim=True).expand(*q.shape[:3], k_pos.shape[-1]) * (k_pos == 0)  # favour key 0
+
+    enc = QueryNorm()
+    assert enc.uses_content_bias and not PositionalEncoding().uses_content_bias
+    attn = MultiHeadAttention(d_model=8, num_heads=2, encoding=enc)
+    attn.capture_weights = True
+    plain = MultiHeadAttention(d_model=8, num_heads=2)
+    plain.load_state_dict(attn.state_dict())
+    plain.capture_weights = True
+    x = torch.randn(1, 4, 8)
+    attn(x), plain(x)
+    q = attn.in_proj(x)[..., :8].view(1, 4, 2, 4).transpose(1, 2)
+    logits = plain.last_weights.log()
+    logits[..., 0] += q.sum(-1)
+    torch.testing.assert_close(attn.last_weights, logits.softmax(-1), atol=1e-5, rtol=1e-5)

@@ -8,9 +8,10 @@ encoding it holds, and never branches on an encoding's name:
 * ``bias(q_pos, k_pos)`` -- additive encodings return a logits bias ``(H, Tq, Tk)`` or ``(B, H, Tq, Tk)``
   (ALiBi, T5, Kerple, FIRE).
 
-Two smaller hooks serve the families that need them: ``prepare_positions`` lets an encoding replace the
-positions of a whole forward pass once (randomized positions), and ``value_term`` adds a term computed from
-the attention weights (Shaw et al.'s relative values; attention then takes its plain math path).
+Three smaller hooks serve the families that need them: ``prepare_positions`` lets an encoding replace the
+positions of a whole forward pass once (randomized positions); ``content_bias`` adds a logits bias that depends
+on the queries (Shaw et al.'s relative keys, q_i . a_ij); ``value_term`` adds a term computed from the attention
+weights (Shaw et al.'s relative values; attention then takes its plain math path).
 
 The defaults are identities, so the base class *is* NoPE. Positions are explicit integer tensors,
 ``(T,)`` or ``(B, T)``, everywhere.
@@ -67,10 +68,20 @@ class PositionalEncoding(nn.Module):
         """Additive logits bias ``(H, Tq, Tk)`` (or ``(B, H, Tq, Tk)`` for batched positions), or None."""
         return None
 
-    # -- the two small extra hooks -----------------------------------------------------------------------
+    # -- the small extra hooks ---------------------------------------------------------------------------
     def prepare_positions(self, positions: Tensor) -> Tensor:
         """Called once per stack forward; may replace the positions every layer then sees."""
         return positions
+
+    def content_bias(self, q: Tensor, q_pos: Tensor, k_pos: Tensor) -> Tensor | None:
+        """A logits bias that depends on the queries ``(B, H, Tq, Dh)`` -> ``(B, H, Tq, Tk)``, or None.
+
+        Added to the scaled logits like ``bias`` (so it carries its own 1/sqrt(Dh) where the formula has one);
+        it still reaches the fused kernel as part of the float mask. Shaw et al.'s key term q_i . a^K_ij needs it:
+        it cannot be a ``bias`` because it depends on the content of q, nor a ``rotate`` because a^K_ij depends
+        on the pair (i, j), not on j alone.
+        """
+        return None
 
     def value_term(self, weights: Tensor, q_pos: Tensor, k_pos: Tensor) -> Tensor | None:
         """Extra output from attention weights ``(B, H, Tq, Tk)`` -> ``(B, H, Tq, Dh)``, or None."""
@@ -92,6 +103,10 @@ class PositionalEncoding(nn.Module):
     @property
     def uses_bias(self) -> bool:
         return type(self).bias is not PositionalEncoding.bias
+
+    @property
+    def uses_content_bias(self) -> bool:
+        return type(self).content_bias is not PositionalEncoding.content_bias
 
     @property
     def uses_value_term(self) -> bool:
@@ -181,7 +196,8 @@ def _coerce(value: str, hint: Any) -> Any:
 def parse_spec(spec: str) -> tuple[str, dict[str, Any]]:
     """``"rope:base=5e5,scaling=yarn"`` -> ``("rope", {"base": 500000.0, "scaling": "yarn"})``.
 
-    Values take the type the encoding's constructor declares for them.
+    Values take the type the encoding's constructor declares for them. A value in parentheses may itself hold
+    commas and colons (a wrapped spec): ``"randomized:inner=(rope:base=5e5,fraction=0.5),max_len=4096"``.
     """
     if not isinstance(spec, str) or not spec.strip():
         raise ValueError(f"an encoding spec must be a non-empty string like 'rope:base=10000', got {spec!r}")
@@ -189,13 +205,36 @@ def parse_spec(spec: str) -> tuple[str, dict[str, Any]]:
     cls = _lookup(name.strip())
     hints = typing.get_type_hints(cls.__init__)
     opts: dict[str, Any] = {}
-    for item in filter(None, (s.strip() for s in rest.split(","))):
+    for item in filter(None, (s.strip() for s in _split_top_level(rest, spec))):
         key, eq, value = item.partition("=")
         key = key.strip()
         if not eq:
             raise ValueError(f"option {item!r} in encoding spec {spec!r} must look like key=value")
-        opts[key] = _coerce(value, hints.get(key))
+        value = value.strip()
+        if value.startswith("(") and value.endswith(")"):
+            opts[key] = value[1:-1].strip()  # a nested spec, kept as text
+        else:
+            opts[key] = _coerce(value, hints.get(key))
     return name.strip(), opts
+
+
+def _split_top_level(text: str, spec: str) -> list[str]:
+    """Split at the commas that are outside parentheses."""
+    parts, depth, start = [], 0, 0
+    for i, ch in enumerate(text):
+        if ch == "(":
+            depth += 1
+        elif ch == ")":
+            depth -= 1
+            if depth < 0:
+                raise ValueError(f"unbalanced ')' in encoding spec {spec!r}")
+        elif ch == "," and depth == 0:
+            parts.append(text[start:i])
+            start = i + 1
+    if depth:
+        raise ValueError(f"unbalanced '(' in encoding spec {spec!r}")
+    parts.append(text[start:])
+    return parts
 
 
 def build(spec: str | PositionalEncoding, **kwargs: Any) -> PositionalEncoding:

@@ -6,11 +6,15 @@ A checkpoint is a directory ``<run>/checkpoints/step_00001500/`` holding
 * ``trainer.safetensors`` -- the optimizer's tensors (``state.<param>.<name>``) and the RNG states
   (``rng.torch``, ``rng.cuda.<i>``);
 * ``state.json`` -- the step, the data position, the optimizer's parameter groups and scalars, the model
-  config, the tokenizer fingerprint, the trainer's own counters, and the sha256 of both tensor files.
+  config, the tokenizer fingerprint, the trainer's own counters, the sha256 of both tensor files, and
+  ``state_sha256``, the sha256 of its own canonical JSON without that field (so a flipped byte anywhere in a
+  checkpoint is detected, not only in the tensor files).
 
 Nothing is pickled; nothing is read with ``torch.load``. Writing is atomic: the files go into a hidden
 ``.step_00001500.tmp`` directory, each is fsynced, then the directory is renamed to its final name and the parent
-fsynced, so a checkpoint has its final name only when complete. A checkpoint whose ``state.json`` is missing or
+fsynced, so a checkpoint has its final name only when complete. A save that fails (a full disk: ``OSError``)
+removes its temporary directory and raises :class:`CheckpointWriteError`; leftovers of a process killed while
+saving are never listed and are removed by the next save. A checkpoint whose ``state.json`` is missing or
 unreadable, or whose files do not match their recorded hashes, is *invalid*: ``latest_valid`` skips it with a
 warning naming it and falls back to the next older one.
 """
@@ -32,8 +36,8 @@ from safetensors.torch import load_file, load_model, save_file, save_model
 from torch import nn
 
 __all__ = [
-    "CheckpointError", "atomic_write_text", "checkpoint_dirs", "latest_valid", "load_checkpoint",
-    "read_state", "save_checkpoint",
+    "CheckpointError", "CheckpointWriteError", "atomic_write_text", "checkpoint_dirs", "latest_valid",
+    "load_checkpoint", "read_state", "save_checkpoint",
 ]
 
 FORMAT = "posenc-checkpoint/1"
@@ -42,6 +46,30 @@ _NAME = re.compile(r"^step_(\d{8,})$")
 
 class CheckpointError(ValueError):
     """A checkpoint that cannot be used (partial, corrupt, or of another configuration)."""
+
+
+class CheckpointWriteError(OSError):
+    """A checkpoint that could not be written (e.g. no space left); the previous ones are untouched."""
+
+
+def _state_digest(doc: dict[str, Any]) -> str:
+    body = {k: v for k, v in doc.items() if k != "state_sha256"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode("utf-8")).hexdigest()
+
+
+def _remove_leftovers(root: pathlib.Path) -> None:
+    """Delete temporary checkpoint directories of processes that no longer exist (killed while saving)."""
+    for p in root.glob(".step_*.tmp*"):
+        pid = p.name.rsplit(".tmp", 1)[1]
+        if pid.isdigit() and int(pid) != os.getpid():
+            try:
+                os.kill(int(pid), 0)
+                continue  # that process is alive (another save in progress): leave it
+            except ProcessLookupError:
+                pass
+            except PermissionError:
+                continue
+        shutil.rmtree(p, ignore_errors=True)
 
 
 def _fsync_file(path: pathlib.Path) -> None:
@@ -139,8 +167,29 @@ def save_checkpoint(
     """
     root = pathlib.Path(run_dir) / "checkpoints"
     root.mkdir(parents=True, exist_ok=True)
+    _remove_leftovers(root)
     final = root / f"step_{step:08d}"
     tmp = root / f".{final.name}.tmp{os.getpid()}"
+    try:
+        _write(tmp, step=step, model=model, optimizer=optimizer, state=state)
+    except BaseException as err:  # a full disk, memory, Ctrl-C: leave no temporary directory behind
+        shutil.rmtree(tmp, ignore_errors=True)
+        if not isinstance(err, OSError):
+            raise
+        raise CheckpointWriteError(err.errno, f"could not write checkpoint {final}: {err.strerror or err}") from err
+    if final.exists():  # a re-run of the same step (e.g. the final checkpoint after a resume): replace it
+        shutil.rmtree(final)
+    os.rename(tmp, final)
+    _fsync_dir(root)
+    if keep > 0:
+        for old in checkpoint_dirs(run_dir)[:-keep]:
+            shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def _write(tmp: pathlib.Path, *, step: int, model: nn.Module, optimizer: torch.optim.Optimizer,
+           state: dict[str, Any]) -> None:
+    """Every file of a checkpoint into ``tmp``, each fsynced."""
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir()
@@ -152,24 +201,20 @@ def save_checkpoint(
         _fsync_file(tmp / name)
         files[name] = _sha256(tmp / name)
     doc = {"format": FORMAT, "step": step, **state, "optimizer": opt_meta, "files": files}
+    doc["state_sha256"] = _state_digest(doc)
     with open(tmp / "state.json", "w", encoding="utf-8") as f:
         json.dump(doc, f, indent=1)
         f.flush()
         os.fsync(f.fileno())
     _fsync_dir(tmp)
-    if final.exists():  # a re-run of the same step (e.g. the final checkpoint after a resume): replace it
-        shutil.rmtree(final)
-    os.rename(tmp, final)
-    _fsync_dir(root)
-    if keep > 0:
-        for old in checkpoint_dirs(run_dir)[:-keep]:
-            shutil.rmtree(old, ignore_errors=True)
-    return final
 
 
 def read_state(path: str | os.PathLike[str]) -> dict[str, Any]:
     """The verified ``state.json`` of a checkpoint; ``CheckpointError`` naming the checkpoint if it is unusable."""
     p = pathlib.Path(path)
+    if not p.is_dir():
+        what = "does not exist" if not p.exists() else "is a file, not a checkpoint directory (nothing else is read)"
+        raise CheckpointError(f"checkpoint {p} {what}")
     try:
         doc = json.loads((p / "state.json").read_text(encoding="utf-8"))
     except FileNotFoundError:
@@ -178,6 +223,10 @@ def read_state(path: str | os.PathLike[str]) -> dict[str, Any]:
         raise CheckpointError(f"checkpoint {p} has a corrupt state.json: {err}") from err
     if not isinstance(doc, dict) or doc.get("format") != FORMAT:
         raise CheckpointError(f"checkpoint {p} is not a {FORMAT} checkpoint")
+    if doc.get("state_sha256") != _state_digest(doc):
+        raise CheckpointError(f"checkpoint {p} is corrupt: state.json does not match its recorded sha256")
+    if not isinstance(doc.get("files"), dict) or set(doc["files"]) != {"model.safetensors", "trainer.safetensors"}:
+        raise CheckpointError(f"checkpoint {p} is corrupt: state.json does not list both tensor files")
     for name, digest in doc.get("files", {}).items():
         f = p / name
         if not f.is_file():

@@ -115,6 +115,7 @@ class TrainConfig:
     tensorboard: bool = False
     time_limit: float = 0.0  # seconds of training before stopping early (0 = none); breaks exact reproducibility
     time_limit_clock: str = "wall"  # wall | cpu (this process's CPU time: robust to other load on the machine)
+    nonfinite: str = "stop"  # stop | skip: what a NaN/inf loss does (posenc.train.faults)
     parallel: str = "ddp"  # under torchrun: ddp (DistributedDataParallel) | fsdp (FSDP2 fully_shard)
     dist_timeout: float = 600.0  # seconds a collective waits for a peer before the job fails (torchrun only)
 

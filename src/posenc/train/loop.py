@@ -35,6 +35,9 @@ from ..data.tokenizers import load_tokenizer
 from .checkpoint import atomic_write_text, checkpoint_dirs, latest_valid, load_checkpoint, read_state, save_checkpoint
 from .config import RunConfig
 from .distributed import Parallel, SilentLog, evaluate_sharded, shard_batch
+from .drift import check_resume, run_signature
+from .faults import (NONFINITE_POLICIES, NonFiniteLossError, TrainingError, check_finite_weights, is_finite_step,
+                     last_checkpoint_note, memory_guard)
 from .metrics import EvalResult, MetricsLog, autocast_context, evaluate, forward, token_loss
 from .optim import build_optimizer, build_schedule
 from .run import build_dataset, build_model, check_compatible, default_run_dir, resolve_device
@@ -79,6 +82,8 @@ def _check(cfg: RunConfig) -> None:
         raise ValueError(f"train.attention must be 'auto', 'fused' or 'math', got {t.attention!r}")
     if t.time_limit_clock not in ("wall", "cpu"):
         raise ValueError(f"train.time_limit_clock must be 'wall' or 'cpu', got {t.time_limit_clock!r}")
+    if t.nonfinite not in NONFINITE_POLICIES:
+        raise ValueError(f"train.nonfinite must be one of {', '.join(NONFINITE_POLICIES)}; got {t.nonfinite!r}")
     if t.progress not in ("auto", "on", "off"):
         raise ValueError(f"train.progress must be 'auto', 'on' or 'off', got {t.progress!r}")
 
@@ -136,6 +141,8 @@ def _setup(cfg: RunConfig, log: Callable[[str], None], par: Parallel, device: to
                par=par, fwd=fwd)
     if resume is not None:
         path, state = resume
+        for diff in check_resume(state, cfg, str(path)):
+            log(f"note: resuming {path} with a changed setting, {diff}")
         if sharded:
             par.load_optimizer(path, model, optimizer, state)
         else:
@@ -177,9 +184,12 @@ def _update(s: _Setup, fwd: nn.Module, batches: list[Batch], lr: float) -> tuple
         loss_sum += float(loss.detach())
     clip = cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else math.inf
     grad_norm = s.par.clip_grad_norm(s.model, clip)
-    s.optimizer.step()
-    if s.par.active:
+    if s.par.active:  # the global loss, so that every rank takes the same decision below
         loss_sum = s.par.sum([loss_sum])[0]
+    if not is_finite_step(loss_sum, grad_norm):  # never apply a NaN/inf update (see faults.py)
+        s.optimizer.zero_grad(set_to_none=True)
+        return loss_sum / total, grad_norm, total
+    s.optimizer.step()
     return loss_sum / total, grad_norm, total
 
 
@@ -206,7 +216,8 @@ def evaluate_sets(
 def _eval_and_log(
     s: _Setup, step: int, mlog: MetricsLog | SilentLog, elapsed: float, cpu: float
 ) -> dict[str, EvalResult]:
-    results = evaluate_sets(s.model, s.dataset, device=s.device, precision=s.cfg.train.precision, par=s.par)
+    with memory_guard(step, s.run_dir):
+        results = evaluate_sets(s.model, s.dataset, device=s.device, precision=s.cfg.train.precision, par=s.par)
     for name, res in results.items():
         mlog.log(step, name, {**res.row(), "elapsed_s": round(elapsed, 3), "cpu_s": round(cpu, 3)})
         mlog.log_lengths(step, name, res.per_length)
@@ -222,11 +233,34 @@ def _checkpoint(s: _Setup, step: int) -> None:
 
 
 def _save(s: _Setup, step: int, model: Any, optimizer: Any) -> None:
-    save_checkpoint(s.run_dir, step=step, model=model, optimizer=optimizer, keep=s.cfg.train.keep_checkpoints,
-                    state={"data_position": s.data_position, "loss_sum": s.loss_sum, "loss_count": s.loss_count,
-                           "model_config": dataclasses.asdict(s.cfg.model), "model_kind": s.dataset.model_kind,
-                           "tokenizer_fingerprint": s.dataset.tokenizer.fingerprint(),
-                           "vocab_size": s.dataset.tokenizer.vocab_size})
+    if isinstance(model, nn.Module):
+        check_finite_weights(model, step=step, run_dir=s.run_dir)
+    else:  # FSDP: the gathered full state (only rank 0 holds it)
+        for name, t in model.state_dict().items():
+            if not bool(torch.isfinite(t).all()):
+                raise NonFiniteLossError(f"step {step}: parameter {name} holds NaN or inf; not writing a checkpoint; "
+                                         f"{last_checkpoint_note(s.run_dir)}")
+    try:
+        with memory_guard(step, s.run_dir):
+            save_checkpoint(s.run_dir, step=step, model=model, optimizer=optimizer,
+                            keep=s.cfg.train.keep_checkpoints,
+                            state={"data_position": s.data_position, "loss_sum": s.loss_sum, "loss_count": s.loss_count,
+                                   "model_config": dataclasses.asdict(s.cfg.model), "model_kind": s.dataset.model_kind,
+                                   "tokenizer_fingerprint": s.dataset.tokenizer.fingerprint(),
+                                   "vocab_size": s.dataset.tokenizer.vocab_size, "run_signature": run_signature(s.cfg),
+                                   "optim_config": dataclasses.asdict(s.cfg.optim)})
+    except OSError as err:
+        raise TrainingError(f"step {step}: could not write the checkpoint ({err}); "
+                            f"{last_checkpoint_note(s.run_dir)}") from err
+
+
+def _nonfinite(s: _Setup, step: int, loss: float, gnorm: float, log: Callable[[str], None]) -> None:
+    """A step with a NaN/inf loss or gradient norm (not applied): stop, or log the skip (``train.nonfinite``)."""
+    what = f"step {step}: loss {loss} and gradient norm {gnorm}, not finite; the update was not applied"
+    if s.cfg.train.nonfinite == "stop":
+        raise NonFiniteLossError(f"{what}; {last_checkpoint_note(s.run_dir)} (train.nonfinite = 'skip' skips "
+                                 "such steps instead)")
+    log(f"{what}; skipped (train.nonfinite = 'skip')")
 
 
 def _progress(cfg: RunConfig, start: int, main: bool = True) -> tqdm:
@@ -264,9 +298,13 @@ def _train(cfg: RunConfig, on_step: StepCallback | None, log: Callable[[str], No
         while step < cfg.train.steps:
             step += 1
             lr = schedule(step)
-            loss, gnorm, tokens = _update(s, fwd, [draw() for _ in range(cfg.train.grad_accum)], lr)
+            with memory_guard(step, s.run_dir):
+                loss, gnorm, tokens = _update(s, fwd, [draw() for _ in range(cfg.train.grad_accum)], lr)
             s.data_position += cfg.train.grad_accum
-            s.loss_sum, s.loss_count = s.loss_sum + loss, s.loss_count + 1
+            if is_finite_step(loss, gnorm):
+                s.loss_sum, s.loss_count = s.loss_sum + loss, s.loss_count + 1
+            else:
+                _nonfinite(s, step, loss, gnorm, log)
             elapsed = time.perf_counter() - t0
             spent = elapsed if cfg.train.time_limit_clock == "wall" else time.process_time() - c0
             out_of_time = cfg.train.time_limit > 0 and spent >= cfg.train.time_limit
@@ -274,7 +312,7 @@ def _train(cfg: RunConfig, on_step: StepCallback | None, log: Callable[[str], No
                 out_of_time = par.sum([float(out_of_time)])[0] > 0
             last = step == cfg.train.steps or out_of_time
             if step % cfg.train.log_every == 0 or last:
-                mean = s.loss_sum / s.loss_count
+                mean = s.loss_sum / s.loss_count if s.loss_count else math.nan  # nan: every step skipped
                 mlog.log(step, "train", {"loss": mean, "ppl": math.exp(min(mean, 700.0)), "lr": lr,
                                          "grad_norm": gnorm, "tokens": tokens, "elapsed_s": round(elapsed, 3),
                                          "cpu_s": round(time.process_time() - c0, 3)})

@@ -1,0 +1,107 @@
+"""Helpers the benchmark scripts share: the matrix-product peak, resident-set readings, medians, tables.
+
+Everything here measures; nothing asserts. Figures are meant to be read as ratios between systems timed in
+the same process, interleaved, because the machine is shared and absolute numbers drift.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+
+import torch
+
+__all__ = [
+    "child_json",
+    "current_rss_mib",
+    "machine",
+    "matmul_peak_gflops",
+    "median",
+    "peak_rss_mib",
+    "table",
+]
+
+
+def matmul_peak_gflops(dtype: torch.dtype, *, size: int = 2048, repeats: int = 5) -> tuple[float, float]:
+    """The best GFLOP/s of a square ``size``-by-``size`` matrix product in ``dtype`` over ``repeats`` runs,
+    per wall second and per CPU second of this process.
+
+    The best run (not the median) is the peak this machine can reach; model FLOPs utilization divides by it.
+    """
+    a = torch.randn(size, size).to(dtype)
+    b = torch.randn(size, size).to(dtype)
+    torch.mm(a, b)  # warm-up: thread pool, kernel selection
+    wall = cpu = float("inf")
+    for _ in range(repeats):
+        t0, c0 = time.perf_counter(), time.process_time()
+        torch.mm(a, b)
+        wall, cpu = min(wall, time.perf_counter() - t0), min(cpu, time.process_time() - c0)
+    return 2 * size**3 / wall / 1e9, 2 * size**3 / cpu / 1e9
+
+
+def current_rss_mib() -> float:
+    """This process's resident set now, from /proc (Linux), in MiB."""
+    with open("/proc/self/statm") as f:
+        pages = int(f.read().split()[1])
+    return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def peak_rss_mib() -> float:
+    """This process's peak resident set so far (``VmHWM`` in /proc/self/status), in MiB.
+
+    Not ``getrusage``'s ``ru_maxrss``: Linux carries that across fork and exec, so a child started by a big
+    parent would report the parent's peak.
+    """
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def child_json(script: str, args: Sequence[str], *, timeout: float = 900) -> dict:
+    """Run ``script`` in a fresh Python process and parse the JSON object on its last stdout line.
+
+    A fresh process per measurement keeps one system's allocations from hiding in another's peak.
+    """
+    cmd = [sys.executable, script, *args]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=os.environ.copy())
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed:\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def median(xs: Sequence[float]) -> float:
+    return statistics.median(xs)
+
+
+def machine() -> str:
+    """A one-line description of the machine: CPU model, cores torch uses, torch version."""
+    model = "unknown CPU"
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    model = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return f"{model}, {os.cpu_count()} cores ({torch.get_num_threads()} torch threads), torch {torch.__version__}"
+
+
+def table(header: Sequence[str], rows: Sequence[Sequence[object]], fmt: Callable[[object], str] = str) -> str:
+    """A GitHub-flavoured Markdown table."""
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(fmt(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def dump(obj: object) -> None:
+    """Print one JSON line (what ``child_json`` reads back)."""
+    print(json.dumps(obj), flush=True)

@@ -1,0 +1,155 @@
+"""Training speed and peak memory of posenc's encoder-decoder against torch.nn.Transformer and x-transformers.
+
+Timing: every system is built in this one process and trained on the same batch; rounds interleave the
+systems (the order rotates each round) and each round times ``--steps`` full steps (forward, backward, Adam)
+after ``--warmup`` untimed ones. Reported: the median target tokens/s over rounds, posenc's ratio to the
+faster peer (median of the per-round ratios), and model FLOPs utilization against the fp32 / bf16 matrix
+product peak measured in the same run.
+
+Memory (``--memory``): each system runs in a fresh subprocess (so one system's allocations cannot hide in
+another's) for a few steps; reported are the peak resident set of that process (``VmHWM``)
+and the training part of it: the peak minus the resident set just before the first step (after imports, the
+model and the optimizer were built).
+
+    PYTHONPATH=src python benchmarks/train_speed.py --config small base --precision fp32 bf16 --memory
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from _common import child_json, current_rss_mib, dump, machine, matmul_peak_gflops, median, peak_rss_mib, table  # noqa: E402
+from _systems import CONFIGS, batch, make_step, model_flops, parameters  # noqa: E402
+
+PEERS = ("torch", "xtransformers")
+
+
+def time_systems(
+    cfg_name: str, precision: str, systems: list[str], args: argparse.Namespace
+) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
+    """Target tokens per wall second and per CPU second (this process's) of each system per round, interleaved.
+
+    On a machine shared with other work, wall time includes time the scheduler gave to others; CPU time
+    does not (with one torch thread it is the work done; with more it also counts threads spinning).
+    """
+    cfg = CONFIGS[cfg_name]
+    src, tgt = batch(cfg)
+    steps = {}
+    for s in systems:
+        step, model = make_step(s, cfg, precision, args.adam)
+        steps[s] = step
+        print(f"  {cfg_name}/{precision} {s}: {parameters(model):,} parameters", file=sys.stderr)
+        for _ in range(args.warmup):
+            step(src, tgt)
+    tokens = cfg.batch * cfg.length
+    wall: dict[str, list[float]] = {s: [] for s in systems}
+    cpu: dict[str, list[float]] = {s: [] for s in systems}
+    for r in range(args.rounds):
+        order = systems[r % len(systems):] + systems[: r % len(systems)]
+        for s in order:
+            t0, c0 = time.perf_counter(), time.process_time()
+            for _ in range(args.steps):
+                steps[s](src, tgt)
+            wall[s].append(args.steps * tokens / (time.perf_counter() - t0))
+            cpu[s].append(args.steps * tokens / (time.process_time() - c0))
+    return wall, cpu
+
+
+def memory_of(cfg_name: str, precision: str, system: str, args: argparse.Namespace) -> dict:
+    """Peak resident set of ``system`` training in a fresh process (see ``--child``)."""
+    return child_json(__file__, [
+        "--child", system, "--config", cfg_name, "--precision", precision, "--adam", args.adam, "--threads", str(args.threads),
+    ])
+
+
+def child(args: argparse.Namespace) -> None:
+    """Run in a fresh process: build one system, train a few steps, print its resident-set figures."""
+    cfg = CONFIGS[args.config[0]]
+    src, tgt = batch(cfg)
+    step, _ = make_step(args.child, cfg, args.precision[0], args.adam)
+    before = current_rss_mib()
+    for _ in range(3):
+        step(src, tgt)
+    dump({"peak_mib": peak_rss_mib(), "before_mib": before, "train_mib": peak_rss_mib() - before})
+
+
+def ratio_to_peers(rates: dict[str, list[float]], system: str) -> str:
+    """Median over rounds of ``system``'s rate over the faster peer's rate in the same round."""
+    peers = [p for p in PEERS if p in rates]
+    if system in PEERS or not peers:
+        return "—"
+    rounds = len(rates[system])
+    return f"{median([rates[system][i] / max(rates[p][i] for p in peers) for i in range(rounds)]):.2f}x"
+
+
+def measure_peaks() -> dict[str, tuple[float, float]]:
+    return {"fp32": matmul_peak_gflops(torch.float32), "bf16": matmul_peak_gflops(torch.bfloat16)}
+
+
+def report(args: argparse.Namespace) -> None:
+    """Time every config and precision, then print the table. The matrix peak is measured before and after the
+    runs and the higher of the two is used: on a shared machine a single reading may catch a busy moment."""
+    systems = list(args.systems)
+    first = measure_peaks()
+    print(f"machine: {machine()}")
+    results = []
+    for cfg_name in args.config:
+        for precision in args.precision:
+            wall, cpu = time_systems(cfg_name, precision, systems, args)
+            for s in systems:
+                mem = memory_of(cfg_name, precision, s, args) if args.memory else None
+                results.append((cfg_name, precision, s, wall, cpu, mem))
+                print(f"  {cfg_name}/{precision} {s}: wall {[round(x) for x in wall[s]]} cpu {[round(x) for x in cpu[s]]}",
+                      file=sys.stderr)
+    second = measure_peaks()
+    peaks = {k: (max(first[k][0], second[k][0]), max(first[k][1], second[k][1])) for k in first}
+    print("matmul peak (2048^3, best of 5, before and after), GFLOP/s per wall second | per CPU second: " + ", ".join(
+        f"{k} {w:.0f} | {c:.0f}" for k, (w, c) in peaks.items()))
+    header = [
+        "config", "precision", "system", "target tok/s (wall)", "ratio (wall)", "tok/CPU-s", "ratio (CPU)",
+        "MFU (wall)", "MFU (CPU)", "peak RSS MiB", "training RSS MiB",
+    ]
+    rows = []
+    for cfg_name, precision, s, wall, cpu, mem in results:
+        per_token = model_flops(CONFIGS[cfg_name]) / (CONFIGS[cfg_name].batch * CONFIGS[cfg_name].length)
+        mfu = median(wall[s]) * per_token / (peaks[precision][0] * 1e9)
+        mfu_cpu = median(cpu[s]) * per_token / (peaks[precision][1] * 1e9)
+        rows.append([
+            cfg_name, precision, s, f"{median(wall[s]):,.0f}", ratio_to_peers(wall, s), f"{median(cpu[s]):,.0f}",
+            ratio_to_peers(cpu, s), f"{100 * mfu:.0f}%", f"{100 * mfu_cpu:.0f}%",
+            "—" if mem is None else f"{mem['peak_mib']:,.0f}", "—" if mem is None else f"{mem['train_mib']:,.0f}",
+        ])
+    print(table(header, rows))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--config", nargs="+", choices=sorted(CONFIGS), default=["small"])
+    ap.add_argument("--precision", nargs="+", choices=["fp32", "bf16"], default=["fp32", "bf16"])
+    ap.add_argument("--systems", nargs="+", default=["posenc", "torch", "xtransformers"],
+                    help="posenc, posenc+compile (torch.compile of the posenc model), torch, xtransformers")
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--steps", type=int, default=5, help="timed steps per system per round")
+    ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--adam", choices=["fused", "foreach", "loop"], default="fused", help="the same for every system")
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default, one per core)")
+    ap.add_argument("--memory", action="store_true", help="also measure peak RSS, one fresh process per system")
+    ap.add_argument("--child", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.child:
+        child(args)
+    else:
+        report(args)
+
+
+if __name__ == "__main__":
+    main()

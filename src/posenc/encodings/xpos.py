@@ -1,0 +1,84 @@
+"""xPos: extrapolatable position embedding (Sun et al. 2022, "A Length-Extrapolatable Transformer", section 3).
+
+RoPE plus an exponential decay: pair i of a query at position n is rotated as in RoPE and multiplied by
+``zeta_i^(n / gamma)``, a key at position m by ``zeta_i^(-m / gamma)``, with ``zeta_i = (2i/d + 0.4) / 1.4`` and
+``gamma = scale_base`` (512). The logit then carries ``zeta_i^((n - m) / gamma)``, which decays with distance
+and depends on ``n - m`` only.
+
+**Causal only.** For a key after the query (m > n) the factor ``zeta^((n - m)/gamma)`` *grows* without bound with
+the distance, so bidirectional attention would favour the farthest future keys; the paper uses xPos in decoders
+(its "blockwise causal attention"). Building it with ``causal=False`` is a ``ValueError``.
+
+Since only ``n - m`` matters, positions are measured from the middle of the current keys, which keeps every
+factor near 1 (a fixed origin would overflow float32 after a few tens of thousands of positions). That centre
+moves as a cache grows, so the encoding sets ``rotate_after_cache``: keys are cached before rotation.
+
+Legend: B batch, H heads, T length, Dh head width.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from torch import Tensor
+
+from .base import register
+from .rotary import RoPE
+
+__all__ = ["XPos"]
+
+
+@register("xpos")
+class XPos(RoPE):
+    """RoPE with a per-pair exponential decay of the logits with distance."""
+
+    def __init__(
+        self,
+        *,
+        head_dim: int,
+        causal: bool = True,
+        base: float = 10000.0,
+        scale_base: float = 512.0,
+        gamma: float = 0.4,
+        layout: Literal["interleaved", "half"] = "interleaved",
+    ) -> None:
+        if not causal:
+            raise ValueError(
+                "xpos is causal only (Sun et al. 2022): with causal=False a key after the query gets the factor "
+                "zeta^((n - m)/scale_base) > 1, which grows without bound with the distance; use rope or a bias "
+                "family for bidirectional attention"
+            )
+        if scale_base <= 0 or gamma <= 0:
+            raise ValueError(f"scale_base and gamma must be > 0, got {scale_base}, {gamma}")
+        super().__init__(head_dim=head_dim, base=base, layout=layout)
+        self.scale_base, self.gamma = float(scale_base), float(gamma)
+        half = self.rot_dim // 2
+        zeta = (torch.arange(half, dtype=torch.float64) * 2 / self.rot_dim + gamma) / (1 + gamma)
+        self.register_buffer("log_zeta", zeta.log().float(), persistent=False)  # (R/2,)
+        self.rotate_after_cache = True
+
+    def _decay(self, offset: Tensor, sign: float, like: Tensor) -> Tensor:
+        """``zeta^(sign * offset / scale_base)`` per dim, shaped to multiply ``like`` ``(B, H, T, Dh)``."""
+        power = offset.to(torch.float32).unsqueeze(-1) * (sign / self.scale_base) * self.log_zeta.to(offset.device)
+        scale = torch.exp(power)  # (T, R/2) or (B, T, R/2)
+        if self.layout == "interleaved":
+            scale = scale.repeat_interleave(2, dim=-1)
+        else:
+            scale = torch.cat([scale, scale], dim=-1)
+        if scale.dim() == 3:
+            scale = scale.unsqueeze(1)  # (B, 1, T, Dh)
+        return scale.to(like.dtype)
+
+    def rotate(self, q: Tensor, k: Tensor, q_pos: Tensor, k_pos: Tensor) -> tuple[Tensor, Tensor]:
+        q, k = super().rotate(q, k, q_pos, k_pos)
+        # The middle of the keys of each sequence: (), or (B, 1) for batched positions.
+        centre = torch.div(k_pos.amax(-1, keepdim=True) + k_pos.amin(-1, keepdim=True), 2, rounding_mode="floor")
+        q = q * self._decay(q_pos - centre, 1.0, q)
+        k = k * self._decay(k_pos - centre, -1.0, k)
+        return q, k
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, scale_base={self.scale_base}, gamma={self.gamma}"
+
+

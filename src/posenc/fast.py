@@ -1,0 +1,40 @@
+"""The opt-in fast path: switch a posenc model to cheaper kernels that compute the same function.
+
+    model = posenc.fast.use_fast_path(Seq2Seq(config))   # in place; returns the model
+
+What it changes, and why (each measured by ``benchmarks/train_speed.py`` and checked against the plain path
+in the tests):
+
+* every ``torch.nn.Dropout`` becomes :class:`posenc.dropout.FastDropout` (a quarter of the random draws of
+  ``bernoulli_``; on CPU the dropout masks of a small Transformer cost about as much as its matrix products);
+* attention drops its weights with the same kernel (on CPU, SDPA with dropout runs a math path anyway).
+
+Without dropout (evaluation, ``p = 0``) the fast path computes exactly what the plain path computes. The plain
+modules stay the default so that the readable code is the code that runs unless asked otherwise.
+"""
+
+from __future__ import annotations
+
+from typing import TypeVar
+
+from torch import nn
+
+from .attention import MultiHeadAttention
+from .dropout import FastDropout
+
+__all__ = ["use_fast_path"]
+
+M = TypeVar("M", bound=nn.Module)
+
+
+def use_fast_path(model: M, enabled: bool = True) -> M:
+    """Switch ``model`` (in place) to the fast path, or back to the plain one with ``enabled=False``."""
+    for module in list(model.modules()):
+        if isinstance(module, MultiHeadAttention):
+            module.fast_dropout = enabled
+        for name, child in list(module.named_children()):
+            if enabled and type(child) is nn.Dropout:
+                setattr(module, name, FastDropout(child.p).train(child.training))
+            elif not enabled and type(child) is FastDropout:
+                setattr(module, name, nn.Dropout(child.p).train(child.training))
+    return model

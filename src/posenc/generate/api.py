@@ -1,0 +1,166 @@
+"""The public entry points: ``generate`` for language models, ``translate`` for seq2seq models, and
+``beam_search`` for the n best hypotheses with their scores.
+
+All three run without gradients, on the model's device, in whatever autocast context the caller opened, and
+leave the model's mode alone: call ``model.eval()`` first (dropout, and randomized positions, differ in
+training mode).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+
+from .._checks import check_choice, check_positive_int
+from .beam import Hypothesis, beam_loop
+from .sampling import decode_loop, greedy_pick, sampler
+from .session import CausalLM, EncoderDecoder, LMSession, Seq2SeqSession, Session, TokenLists
+
+__all__ = ["Strategy", "beam_search", "generate", "translate"]
+
+Strategy = Literal["greedy", "sample", "beam"]
+_STRATEGIES = ("greedy", "sample", "beam")
+
+
+def _check_beam(beam_size: int, num_return: int = 1) -> None:
+    check_positive_int("beam_size", beam_size)
+    check_positive_int("num_return", num_return)
+    if num_return > beam_size:
+        raise ValueError(f"num_return={num_return} cannot exceed beam_size={beam_size}")
+
+
+def _check_token(name: str, value: int | None, *, required: bool) -> None:
+    if value is None:
+        if required:
+            raise ValueError(f"{name} is required")
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"{name} must be a token id (an int >= 0), got {value!r}")
+
+
+def _pad_id(model: object) -> int:
+    pad = getattr(getattr(model, "config", None), "pad_id", None)
+    return 0 if pad is None else int(pad)
+
+
+def _run(
+    session: Session, *, strategy: str, max_new_tokens: int, eos_id: int | None, temperature: float,
+    top_k: int | None, top_p: float | None, seed: int | None, beam_size: int, length_penalty: float,
+) -> list[list[int]]:
+    if strategy == "beam":
+        hyps = beam_loop(
+            session, beam_size=beam_size, max_new_tokens=max_new_tokens, eos_id=eos_id, length_penalty=length_penalty
+        )
+        return [h[0].tokens for h in hyps]
+    if strategy == "greedy":
+        pick = greedy_pick
+    else:
+        generator = None
+        if seed is not None:
+            generator = torch.Generator(device=session.device).manual_seed(seed)
+        pick = sampler(temperature=temperature, top_k=top_k, top_p=top_p, generator=generator)
+    return decode_loop(session, pick=pick, max_new_tokens=max_new_tokens, eos_id=eos_id)
+
+
+def _check_common(strategy: str, max_new_tokens: int, eos_id: int | None, beam_size: int) -> None:
+    check_choice("strategy", strategy, _STRATEGIES)
+    check_positive_int("max_new_tokens", max_new_tokens)
+    _check_token("eos_id", eos_id, required=False)
+    _check_beam(beam_size)
+
+
+@torch.no_grad()
+def generate(
+    model: CausalLM,
+    prompts: TokenLists,
+    *,
+    max_new_tokens: int,
+    eos_id: int | None = None,
+    strategy: Strategy = "greedy",
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    seed: int | None = None,
+    beam_size: int = 4,
+    length_penalty: float = 1.0,
+) -> list[list[int]]:
+    """Continue each prompt of a decoder-only model; return the new tokens of each, EOS excluded.
+
+    ``prompts`` are token-id lists of any lengths (run as one left-padded batch; each behaves as if alone) or
+    a 2-D tensor of full rows. A row stops at its first ``eos_id`` or after ``max_new_tokens`` tokens.
+    ``strategy``: ``"greedy"`` (argmax), ``"sample"`` (``temperature``, then ``top_k``, then ``top_p``; the draws
+    are reproducible for a given ``seed``), or ``"beam"`` (``beam_size``, ``length_penalty``; the best
+    hypothesis; :func:`beam_search` gives the n best with scores).
+    """
+    _check_common(strategy, max_new_tokens, eos_id, beam_size)
+    session = LMSession(model, prompts, max_new_tokens=max_new_tokens, pad_id=_pad_id(model))
+    return _run(
+        session, strategy=strategy, max_new_tokens=max_new_tokens, eos_id=eos_id, temperature=temperature,
+        top_k=top_k, top_p=top_p, seed=seed, beam_size=beam_size, length_penalty=length_penalty,
+    )
+
+
+@torch.no_grad()
+def translate(
+    model: EncoderDecoder,
+    src: TokenLists,
+    *,
+    bos_id: int,
+    eos_id: int | None,
+    max_len: int,
+    strategy: Strategy = "greedy",
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    seed: int | None = None,
+    beam_size: int = 4,
+    length_penalty: float = 1.0,
+) -> list[list[int]]:
+    """Decode a target for each source of an encoder-decoder model; return its tokens, BOS and EOS excluded.
+
+    ``src`` are token-id lists of any lengths (right-padded into one batch) or a 2-D tensor in which the model's
+    ``pad_id`` marks padding. Decoding starts from ``bos_id`` and a row stops at ``eos_id`` or after ``max_len``
+    generated tokens (``eos_id=None``: always ``max_len``). ``strategy`` and its options are those of :func:`generate`.
+    """
+    _check_common(strategy, max_len, eos_id, beam_size)
+    _check_token("bos_id", bos_id, required=True)
+    session = Seq2SeqSession(model, src, bos_id=bos_id, max_new_tokens=max_len, pad_id=_pad_id(model))
+    return _run(
+        session, strategy=strategy, max_new_tokens=max_len, eos_id=eos_id, temperature=temperature,
+        top_k=top_k, top_p=top_p, seed=seed, beam_size=beam_size, length_penalty=length_penalty,
+    )
+
+
+@torch.no_grad()
+def beam_search(
+    model: CausalLM | EncoderDecoder,
+    inputs: TokenLists,
+    *,
+    max_new_tokens: int,
+    eos_id: int | None,
+    beam_size: int = 4,
+    num_return: int = 1,
+    length_penalty: float = 1.0,
+    early_stopping: bool = True,
+    bos_id: int | None = None,
+) -> list[list[Hypothesis]]:
+    """The ``num_return`` best hypotheses of each input, best first, with their scores (see :mod:`.beam`).
+
+    ``inputs`` are prompts for a decoder-only model, or sources for an encoder-decoder model (detected by its
+    ``encode`` method), which then needs ``bos_id``. ``max_new_tokens`` bounds the generated length (EOS
+    included). ``early_stopping=False`` keeps searching until no live beam can beat the finished ones.
+    """
+    check_positive_int("max_new_tokens", max_new_tokens)
+    _check_beam(beam_size, num_return)
+    _check_token("eos_id", eos_id, required=False)
+    session: Session
+    if hasattr(model, "encode"):
+        _check_token("bos_id", bos_id, required=True)
+        session = Seq2SeqSession(model, inputs, bos_id=bos_id, max_new_tokens=max_new_tokens, pad_id=_pad_id(model))
+    else:
+        session = LMSession(model, inputs, max_new_tokens=max_new_tokens, pad_id=_pad_id(model))
+    return beam_loop(
+        session, beam_size=beam_size, max_new_tokens=max_new_tokens, eos_id=eos_id, length_penalty=length_penalty,
+        early_stopping=early_stopping, num_return=num_return,
+    )

@@ -1,0 +1,104 @@
+"""Greedy decoding and sampling (temperature, top-k, top-p), one token a step for every row at once.
+
+Sampling follows the usual order: divide the logits by the temperature, keep the ``top_k`` most likely tokens
+(Fan et al. 2018, "Hierarchical Neural Story Generation"), then keep the smallest set of tokens whose
+probability mass reaches ``top_p`` (nucleus sampling, Holtzman et al. 2020, "The Curious Case of Neural Text
+Degeneration"), renormalize and draw. Draws come from a ``torch.Generator`` seeded by the caller, so a seed
+gives the same tokens every run.
+
+Each row stops at its first EOS or after ``max_new_tokens``; finished rows keep stepping (their tokens are
+discarded) until every row has finished, so the batch stays one tensor.
+
+Legend: B batch, V vocabulary.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import Tensor
+
+from .session import Session
+
+__all__ = ["decode_loop", "filter_logits", "greedy_pick", "sampler"]
+
+Pick = Callable[[Tensor], Tensor]
+
+
+def _check_top_k(top_k: int | None) -> None:
+    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
+        raise ValueError(f"top_k must be an int >= 1 or None, got {top_k!r}")
+
+
+def _check_top_p(top_p: float | None) -> None:
+    if top_p is not None and not 0.0 < float(top_p) <= 1.0:
+        raise ValueError(f"top_p must lie in (0, 1], got {top_p!r}")
+
+
+def filter_logits(logits: Tensor, *, top_k: int | None = None, top_p: float | None = None) -> Tensor:
+    """Set to ``-inf`` every logit outside the top-k and outside the nucleus of mass ``top_p``; ``(..., V)``.
+
+    Top-k keeps exactly ``min(k, V)`` tokens. Top-p keeps, in order of decreasing probability, every token whose
+    preceding mass is still below ``p``: the smallest set whose mass is at least ``p`` (the most likely token is
+    always kept). Both act on the logits as given (after any temperature).
+    """
+    _check_top_k(top_k)
+    _check_top_p(top_p)
+    if top_k is not None and top_k < logits.shape[-1]:
+        values, index = logits.topk(top_k, dim=-1)
+        logits = torch.full_like(logits, float("-inf")).scatter(-1, index, values)
+    if top_p is not None and top_p < 1.0:
+        sorted_logits, order = logits.sort(dim=-1, descending=True)
+        probs = torch.softmax(sorted_logits.float(), dim=-1)
+        before = probs.cumsum(dim=-1) - probs  # mass of the strictly more likely tokens
+        drop_sorted = before >= top_p
+        drop_sorted[..., 0] = False
+        drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
+        logits = logits.masked_fill(drop, float("-inf"))
+    return logits
+
+
+def greedy_pick(logits: Tensor) -> Tensor:
+    """The most likely token of each row: ``(B, V)`` -> ``(B,)``."""
+    return logits.argmax(dim=-1)
+
+
+def sampler(
+    *, temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None, generator: torch.Generator | None = None
+) -> Pick:
+    """A function ``(B, V)`` logits -> ``(B,)`` sampled tokens."""
+    if not temperature > 0:
+        raise ValueError(f"temperature must be > 0, got {temperature!r} (use strategy='greedy' for argmax decoding)")
+    _check_top_k(top_k)
+    _check_top_p(top_p)
+
+    def pick(logits: Tensor) -> Tensor:
+        scaled = logits.float() / temperature
+        probs = torch.softmax(filter_logits(scaled, top_k=top_k, top_p=top_p), dim=-1)  # (B, V)
+        return torch.multinomial(probs, 1, generator=generator).squeeze(-1)  # (B,)
+
+    return pick
+
+
+def decode_loop(session: Session, *, pick: Pick, max_new_tokens: int, eos_id: int | None) -> list[list[int]]:
+    """Run ``session`` with one ``pick`` a step; each row's new tokens, cut before its first EOS."""
+    logits = session.start()
+    batch = logits.shape[0]
+    out = torch.empty(batch, max_new_tokens, dtype=torch.long, device=logits.device)
+    finished = torch.zeros(batch, dtype=torch.bool, device=logits.device)
+    steps = 0
+    for t in range(max_new_tokens):
+        tokens = pick(logits)  # (B,)
+        if eos_id is not None:
+            tokens = tokens.masked_fill(finished, eos_id)  # finished rows keep feeding EOS
+            finished |= tokens == eos_id
+        out[:, t] = tokens
+        steps = t + 1
+        if t + 1 == max_new_tokens or (eos_id is not None and bool(finished.all())):
+            break
+        logits = session.step(tokens)
+    rows = out[:, :steps].tolist()
+    if eos_id is None:
+        return rows
+    return [row[: row.index(eos_id)] if eos_id in row else row for row in rows]

@@ -1,0 +1,63 @@
+from __future__ import annotations
+
+import pathlib
+
+import pytest
+
+from posenc.cli import main
+from posenc.data.tasks import SEP, example
+from posenc.generate import generate, translate
+from posenc.train import load_run
+
+TINY = ["--model.d_model", "32", "--model.num_layers", "1", "--model.dim_feedforward", "64", "--data.batch_size", "8",
+        "--data.train_lengths", "1,3", "--data.test_lengths", "4,5", "--eval.examples", "8", "--steps", "3",
+        "--train.threads", "1", "--precision", "fp32", "--task", "reverse"]
+
+
+@pytest.fixture(scope="module")
+def lm_run(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
+    run = tmp_path_factory.mktemp("lm") / "run"
+    assert main(["train", *TINY, "--run-dir", str(run)]) == 0
+    return run
+
+
+@pytest.fixture(scope="module")
+def s2s_run(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
+    run = tmp_path_factory.mktemp("s2s") / "run"
+    assert main(["train", *TINY, "--model.kind", "seq2seq", "--run-dir", str(run)]) == 0
+    return run
+
+
+def test_generate_prints_what_the_library_generates(lm_run, capsys):
+    prompts = [example("reverse", seed=0, split="valid", index=i, lengths=(1, 3))[0] for i in range(3)]
+    capsys.readouterr()
+    args = ["generate", str(lm_run), "--max-new-tokens", "6", "--continuation-only"]
+    for p in prompts:
+        args += ["--prompt", p]
+    assert main(args) == 0
+    lines = capsys.readouterr().out.splitlines()
+    model, tok, _ = load_run(lm_run)
+    ids = [[tok.bos_id, *tok.encode(p), tok.special_id(SEP)] for p in prompts]
+    want = [tok.decode(o) for o in generate(model, ids, max_new_tokens=6, eos_id=tok.eos_id)]
+    assert lines == want
+
+
+def test_translate_one_line_per_line_in_order(s2s_run, tmp_path, capsys):
+    sources = [example("reverse", seed=0, split="valid", index=i, lengths=(1, 3))[0] for i in range(5)]
+    src_file = tmp_path / "src.txt"
+    src_file.write_text("\n".join(sources) + "\n", encoding="utf-8")
+    capsys.readouterr()
+    assert main(["translate", str(s2s_run), str(src_file), "--batch-size", "2", "--strategy", "beam",
+                 "--beam-size", "3", "--max-new-tokens", "6"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    model, tok, _ = load_run(s2s_run)
+    outs = translate(model, [[*tok.encode(s), tok.eos_id] for s in sources], bos_id=tok.bos_id, eos_id=tok.eos_id,
+                     max_len=6, strategy="beam", beam_size=3)
+    assert lines == [tok.decode(o) for o in outs]
+
+
+def test_wrong_model_kind_is_refused(lm_run, s2s_run, capsys):
+    assert main(["translate", str(lm_run), "-"]) == 2
+    assert "needs a model.kind 'seq2seq' run" in capsys.readouterr().err
+    assert main(["generate", str(s2s_run), "--prompt", "ab"]) == 2
+    assert "use `posenc translate`" in capsys.readouterr().err

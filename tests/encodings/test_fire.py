@@ -1,0 +1,48 @@
+import math
+
+import pytest
+import torch
+
+from posenc.encodings import FIRE, build
+
+
+def _reference(enc: FIRE, q_pos: torch.Tensor, k_pos: torch.Tensor) -> torch.Tensor:
+    """b(i, j) = f(psi(i - j) / psi(max(L, i))), psi(x) = log(c x + 1), evaluated pair by pair (causal)."""
+    c, L = float(enc.c.detach()), float(enc.threshold.detach())
+    out = torch.zeros(enc.num_heads, len(q_pos), len(k_pos))
+    for a, i in enumerate(q_pos.tolist()):
+        for b, j in enumerate(k_pos.tolist()):
+            x = math.log(c * max(i - j, 0) + 1) / (math.log(c * max(L, i) + 1) + 1e-6)
+            out[:, a, b] = enc.mlp(torch.tensor([[x]]))[0]
+    return out
+
+
+@pytest.mark.parametrize("threshold", [512.0, 3.0])  # below L: per-distance path; past L: the full grid
+def test_matches_formula(threshold):
+    enc = FIRE(num_heads=2, init_threshold=threshold)
+    q, k = torch.arange(3, 9), torch.arange(9)
+    torch.testing.assert_close(enc.bias(q, k), _reference(enc, q, k), atol=1e-5, rtol=1e-5)
+
+
+def test_init_and_gradients():
+    enc = build("fire", num_heads=3, causal=True)
+    assert float(enc.c.detach()) == pytest.approx(0.1) and float(enc.threshold.detach()) == 512.0
+    assert enc.mlp[0].in_features == 1 and enc.mlp[0].out_features == 32 and enc.mlp[2].out_features == 3
+    enc.bias(torch.arange(10), torch.arange(10)).pow(2).sum().backward()
+    for p in (enc.c, enc.threshold, enc.mlp[0].weight, enc.mlp[2].weight):
+        assert p.grad is not None and p.grad.abs().sum() > 0
+
+
+def test_bidirectional_sees_direction():
+    enc = FIRE(num_heads=1, causal=False)
+    assert enc.mlp[0].in_features == 2
+    b = enc.bias(torch.arange(5), torch.arange(5))
+    assert not torch.allclose(b[0, 2, 0], b[0, 2, 4])  # same |i - j|, other side
+
+
+def test_batched_positions_match_rows():
+    enc = FIRE(num_heads=2, init_threshold=6.0)
+    pos = torch.tensor([[0, 1, 2, 3], [2, 4, 7, 11]])
+    b = enc.bias(pos, pos)
+    for r in range(2):
+        torch.testing.assert_close(b[r], enc.bias(pos[r], pos[r]))

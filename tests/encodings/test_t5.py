@@ -1,0 +1,52 @@
+import pytest
+import torch
+
+from posenc.encodings import T5Bias, build, relative_position_bucket
+from posenc.models import LanguageModel, LMConfig
+
+CAUSAL = {0: 0, 15: 15, 16: 16, 17: 16, 20: 17, 32: 21, 64: 26, 100: 30, 127: 31, 128: 31, 1000: 31}
+BIDIRECTIONAL = {-1: 1, -8: 8, -12: 9, -16: 10, -32: 12, -64: 14, -127: 15, -500: 15, 1: 17, 8: 24, 128: 31}
+
+
+def test_causal_bucket_vectors():
+    d = torch.tensor(list(CAUSAL))
+    got = relative_position_bucket(-d, bidirectional=False)  # rel = key - query = -distance
+    assert got.tolist() == list(CAUSAL.values())
+
+
+def test_bidirectional_bucket_vectors():
+    rel = torch.tensor(list(BIDIRECTIONAL))
+    assert relative_position_bucket(rel, bidirectional=True).tolist() == list(BIDIRECTIONAL.values())
+
+
+@pytest.mark.parametrize("bidirectional", [True, False])
+@pytest.mark.parametrize(("nb", "md"), [(32, 128), (16, 64), (8, 20)])
+def test_buckets_match_hf(bidirectional, nb, md):
+    from transformers.models.t5.modeling_t5 import T5Attention
+
+    rel = torch.arange(-300, 301)[None, :] - torch.arange(0, 3)[:, None]
+    want = T5Attention._relative_position_bucket(rel, bidirectional=bidirectional, num_buckets=nb, max_distance=md)
+    got = relative_position_bucket(rel, bidirectional=bidirectional, num_buckets=nb, max_distance=md)
+    assert torch.equal(got, want)
+
+
+def test_bias_is_table_lookup_and_gets_gradients():
+    enc = T5Bias(num_heads=3, causal=True)
+    b = enc.bias(torch.arange(40), torch.arange(40))
+    assert b.shape == (3, 40, 40)
+    torch.testing.assert_close(b[:, 39, 19], enc.weight[relative_position_bucket(torch.tensor(-20), bidirectional=False)])
+    b.sum().backward()
+    assert enc.weight.grad is not None and enc.weight.grad.abs().sum() > 0
+
+
+def test_one_table_per_stack():
+    lm = LanguageModel(LMConfig(vocab_size=11, d_model=16, num_heads=2, num_layers=3, encoding="t5"))
+    encs = {id(layer.self_attn.encoding) for layer in lm.stack.layers}
+    assert len(encs) == 1
+    assert sum(1 for n, _ in lm.named_parameters() if "encoding" in n) == 1
+    assert lm.stack.layers[0].self_attn.encoding.causal is True
+
+
+def test_bad_options():
+    with pytest.raises(ValueError, match="max_distance must exceed"):
+        build("t5:max_distance=4", num_heads=2)

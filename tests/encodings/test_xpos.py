@@ -1,0 +1,38 @@
+import pytest
+import torch
+
+from posenc.encodings import RoPE, XPos, build
+from posenc.stacks import TransformerEncoder
+
+
+def test_logit_is_rope_logit_decayed_per_pair():
+    enc, rope = XPos(head_dim=8), RoPE(head_dim=8)
+    q, k = torch.randn(1, 1, 1, 8).double(), torch.randn(1, 1, 1, 8).double()
+    n, m = torch.tensor([300]), torch.tensor([100])
+    xq, xk = enc.rotate(q.float(), k.float(), n, m)
+    rq, rk = rope.rotate(q, k, n, m)
+    zeta = (torch.arange(4, dtype=torch.float64) * 2 / 8 + 0.4) / 1.4
+    pair = (rq * rk).view(4, 2).sum(-1)  # per-pair contribution to <R_n q, R_m k>
+    want = (pair * zeta ** ((300 - 100) / 512)).sum()
+    assert float((xq * xk).sum()) == pytest.approx(float(want), rel=1e-4)
+
+
+def test_relative_and_stable_far_away():
+    enc = XPos(head_dim=16)
+    q, k = torch.randn(1, 2, 4, 16), torch.randn(1, 2, 4, 16)
+    pos = torch.arange(4)
+    a_q, a_k = enc.rotate(q, k, pos, pos)
+    a = torch.matmul(a_q, a_k.transpose(-1, -2))
+    far = pos + 200_000
+    b_q, b_k = enc.rotate(q, k, far, far)
+    b = torch.matmul(b_q, b_k.transpose(-1, -2))
+    assert torch.isfinite(b).all()
+    torch.testing.assert_close(a, b, atol=2e-3, rtol=1e-3)
+
+
+def test_bidirectional_is_refused():
+    with pytest.raises(ValueError, match="causal only"):
+        build("xpos", head_dim=8, causal=False)
+    with pytest.raises(ValueError, match="causal only"):
+        TransformerEncoder(d_model=16, nhead=2, num_layers=1, positional_encoding="xpos")
+    assert build("xpos", head_dim=8, causal=True).rotate_after_cache is True

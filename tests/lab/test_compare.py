@@ -1,0 +1,122 @@
+import pathlib
+
+import pytest
+import torch
+from torch import nn
+
+from posenc.lab import results as res
+from posenc.lab.compare import CompareConfig, compare
+from posenc.lab.runs import RunConfig
+
+
+class FakeBackend:
+    """Deterministic stand-in for a trainer: 'none' generalizes, 'sinusoidal' does not; counts its calls."""
+
+    def __init__(self, fail_at: tuple[str, int] | None = None) -> None:
+        self.trained: list[tuple[str, int, int]] = []
+        self.evaluated: list[tuple[str, int, int]] = []
+        self.steps: dict[pathlib.Path, int] = {}
+        self.fail_at = fail_at
+
+    def steps_done(self, config, run_dir):
+        return self.steps.get(run_dir, 0)
+
+    def train(self, config, run_dir, on_step):
+        start = self.steps.get(run_dir, 0)
+        for s in range(start + 1, config.steps + 1):
+            on_step(s)
+        self.steps[run_dir] = config.steps
+        self.trained.append((config.encoding, config.seed, config.steps - start))
+        return nn.Identity()
+
+    def evaluate(self, model, config, length):
+        if self.fail_at == (config.encoding, length):
+            raise KeyboardInterrupt
+        self.evaluated.append((config.encoding, config.seed, length))
+        inside = length <= config.train_max
+        return 1.0 if inside or config.encoding == "none" else 0.0 + 0.01 * config.seed
+
+
+def _config(**kw):
+    base = RunConfig(steps=5, train_max=3)
+    return CompareConfig(base=base, encodings=["none", "sinusoidal"], seeds=[0, 1], test_lengths=[1, 2, 3, 4, 5], **kw)
+
+
+def test_compare_writes_csv_table_and_plot(tmp_path, check_png):
+    out = compare(_config(), tmp_path, backend=FakeBackend(), progress=False)
+    rows = res.read_rows(out.csv)
+    assert len(rows) == 2 * 2 * 5
+    assert {r.metric for r in rows} == {"exact_match"}
+    assert "| `none` | 2 | 100.0% ± 0.0 | 100.0% ± 0.0 |" in out.markdown
+    assert "| `sinusoidal` | 2 | 100.0% ± 0.0 | 0.5% ± 0.7 |" in out.markdown
+    assert out.table.read_text().count("|") > 10
+    check_png(out.plot)
+
+
+def test_interrupted_compare_resumes_without_repeating_work(tmp_path):
+    backend = FakeBackend(fail_at=("sinusoidal", 4))
+    with pytest.raises(KeyboardInterrupt):
+        compare(_config(), tmp_path, backend=backend, progress=False)
+    first = len(res.read_rows(tmp_path / "results.csv"))
+    assert first == 5 + 5 + 3  # none x 2 seeds, then sinusoidal seed 0 up to length 3
+    backend.fail_at = None
+    before = len(backend.evaluated)
+    compare(_config(), tmp_path, backend=backend, progress=False)
+    rows = res.read_rows(tmp_path / "results.csv")
+    assert len(rows) == 20 and len({r.key for r in rows}) == 20  # nothing measured twice
+    assert len(backend.evaluated) - before == 7
+    # runs whose measurements were all taken are not even loaded again; the others resume at their step
+    assert [t for t in backend.trained[3:]] == [("sinusoidal", 0, 0), ("sinusoidal", 1, 5)]
+    compare(_config(), tmp_path, backend=backend, progress=False)
+    assert len(backend.trained) == 5
+
+
+def test_more_lengths_later_only_measure_the_new_ones(tmp_path):
+    backend = FakeBackend()
+    compare(_config(), tmp_path, backend=backend, progress=False)
+    cfg = _config()
+    cfg.test_lengths = [1, 2, 3, 4, 5, 6]
+    n = len(backend.evaluated)
+    compare(cfg, tmp_path, backend=backend, progress=False)
+    assert sorted(backend.evaluated[n:]) == sorted((e, s, 6) for e in ("none", "sinusoidal") for s in (0, 1))
+
+
+def test_another_setup_in_the_same_directory_is_refused(tmp_path):
+    compare(_config(), tmp_path, backend=FakeBackend(), progress=False)
+    other = _config()
+    other.base.steps = 7
+    with pytest.raises(ValueError, match="steps: 5 -> 7"):
+        compare(other, tmp_path, backend=FakeBackend(), progress=False)
+
+
+def test_bad_encodings_fail_before_training():
+    with pytest.raises(ValueError, match="not registered"):
+        CompareConfig(encodings=["none", "nosuch"])
+    with pytest.raises(ValueError, match="no option"):
+        CompareConfig(encodings=["sinusoidal:colour=red"])
+    with pytest.raises(ValueError, match="repeat"):
+        CompareConfig(encodings=["none", "none"])
+
+
+@pytest.mark.slow
+def test_compare_with_the_lab_trainer_end_to_end(tmp_path, capsys):
+    from posenc.cli import main
+
+    args = ["compare", "-e", "none", "sinusoidal", "--steps", "4", "--d-model", "16", "--heads", "2", "--layers", "1",
+            "--ff", "32", "--batch-size", "8", "--train-lengths", "1", "3", "--test-lengths", "2", "5",
+            "--eval-examples", "4", "--no-progress", "--out", str(tmp_path)]
+    assert main(args) == 0
+    rows = res.read_rows(tmp_path / "results.csv")
+    assert {(r.encoding, r.length) for r in rows} == {(e, n) for e in ("none", "sinusoidal") for n in (2, 5)}
+    assert all(0.0 <= r.value <= 1.0 and r.value * 4 == int(r.value * 4) for r in rows)  # k of 4 examples
+    assert (tmp_path / "runs" / "none-seed0" / "model.safetensors").exists()
+    assert "beyond training (5–5)" in capsys.readouterr().out
+    torch.manual_seed(0)
+
+
+def test_parse_lengths():
+    from posenc.commands.compare import parse_lengths
+
+    assert parse_lengths(["1-3", "10", "2"]) == [1, 2, 3, 10]
+    with pytest.raises(ValueError, match="21-40"):
+        parse_lengths(["twenty"])

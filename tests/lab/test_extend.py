@@ -1,0 +1,73 @@
+import pytest
+
+from posenc.encodings import names
+from posenc.lab import results as res
+from posenc.lab.extend import ExtendConfig, extend, scaled_spec
+from posenc.lab.runs import RunConfig, train_run
+
+HAVE_ROPE = "rope" in names()
+TINY = dict(task="copy", d_model=16, num_heads=2, num_layers=1, dim_feedforward=32, batch_size=8, train_max=4, eval_examples=8)
+
+
+def test_scaled_spec_rejects_other_encodings_and_bad_input():
+    with pytest.raises(ValueError, match="needs a RoPE run"):
+        scaled_spec("sinusoidal", "linear", 2.0, 20)
+    with pytest.raises(ValueError, match="scaling must be one of"):
+        scaled_spec("rope", "stretch", 2.0, 20)
+    with pytest.raises(ValueError, match="factor must be > 0"):
+        scaled_spec("rope", "linear", 0.0, 20)
+    with pytest.raises(ValueError, match="unknown scalings"):
+        ExtendConfig(run_dir=".", lengths=[4], scalings=["linear", "warp"])
+
+
+@pytest.mark.skipif(not HAVE_ROPE, reason="the rope encoding is not registered")
+def test_scaled_spec_keeps_options_and_sets_scaling():
+    spec = scaled_spec("rope:base=500", "yarn", 4.0, 20)
+    assert spec.startswith("rope:") and "base=500" in spec and "scaling=yarn" in spec and "factor=4.0" in spec
+    assert scaled_spec("rope:base=500", "none", 4.0, 20) == "rope:base=500"
+
+
+@pytest.mark.skipif(not HAVE_ROPE, reason="the rope encoding is not registered")
+def test_factor_one_equals_plain_rope_for_every_scaling(tmp_path):
+    run = tmp_path / "run"
+    train_run(RunConfig(encoding="rope", steps=20, lr=3e-3, **TINY), run)
+    table = extend(ExtendConfig(run_dir=str(run), lengths=[2, 4, 6], factors=[1.0]), tmp_path / "out")
+    rows = res.read_rows(tmp_path / "out" / "results.csv")
+    plain = {r.length: r.value for r in rows if r.encoding == "none"}
+    assert len(plain) == 3
+    for scaling in ("linear", "ntk", "dynamic", "yarn", "llama3"):
+        assert {r.length: r.value for r in rows if r.encoding == f"{scaling} x1"} == plain
+    assert "| none |" in table and (tmp_path / "out" / "exact_match.png").exists()
+
+
+@pytest.mark.skipif(not HAVE_ROPE, reason="the rope encoding is not registered")
+def test_finetune_runs_are_resumable_rows(tmp_path):
+    run = tmp_path / "run"
+    train_run(RunConfig(encoding="rope", steps=4, **TINY), run)
+    cfg = ExtendConfig(run_dir=str(run), lengths=[4, 8], scalings=["linear"], factors=[2.0], finetune_steps=2)
+    extend(cfg, tmp_path / "out")
+    labels = {r.encoding for r in res.read_rows(tmp_path / "out" / "results.csv")}
+    assert labels == {"linear x2", "linear x2 +ft"}
+    assert (tmp_path / "out" / "finetune" / "linear_x2__ft" / "run.json").exists()
+    extend(cfg, tmp_path / "out")  # everything measured: nothing added
+    assert len(res.read_rows(tmp_path / "out" / "results.csv")) == 4
+
+
+def test_trained_positions_count_what_attention_saw():
+    from posenc.lab.extend import trained_positions
+
+    assert trained_positions(RunConfig(train_max=20)) == 41  # x (20) SEP y (20): 41 inputs
+    assert trained_positions(RunConfig(train_max=20, arch="seq2seq")) == 21  # BOS y
+    assert trained_positions(RunConfig(**{**TINY, "task": "lm", "text": "f.txt", "train_min": 64, "train_max": 64})) == 64
+
+
+@pytest.mark.skipif(not HAVE_ROPE, reason="the rope encoding is not registered")
+def test_plain_rope_is_fine_tuned_at_the_longest_length(tmp_path):
+    import json
+
+    run = tmp_path / "run"
+    train_run(RunConfig(encoding="rope", steps=2, **TINY), run)
+    extend(ExtendConfig(run_dir=str(run), lengths=[4], scalings=["none"], factors=[2.0, 3.0], finetune_steps=1),
+           tmp_path / "out")
+    tuned = json.loads((tmp_path / "out" / "finetune" / "none__ft" / "run.json").read_text())["config"]
+    assert tuned["train_max"] == 12 and tuned["encoding"] == "rope" and tuned["init_from"] == str(run)

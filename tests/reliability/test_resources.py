@@ -1,0 +1,105 @@
+"""Running out of disk or memory: a clear message naming the step and the last checkpoint, which stays intact."""
+
+from __future__ import annotations
+
+import errno
+import pathlib
+import re
+import sys
+
+import pytest
+from reliability_helpers import run_python, tiny_config
+
+import posenc.train.checkpoint as ck
+from posenc.cli import main
+from posenc.train import load_run, train
+from posenc.train.checkpoint import CheckpointWriteError, checkpoint_dirs, read_state, save_checkpoint
+from posenc.train.config import to_toml
+from posenc.train.faults import TrainingError
+
+
+def _disk_full_on_call(monkeypatch: pytest.MonkeyPatch, n: int) -> None:
+    real, calls = ck.save_file, [0]
+
+    def full(tensors: dict, path: str, *a: object, **k: object) -> None:
+        calls[0] += 1
+        if calls[0] == n:
+            with open(path, "wb") as f:  # a partial file first, as a real full disk leaves
+                f.write(b"\0" * 100)
+            raise OSError(errno.ENOSPC, "No space left on device", path)
+        real(tensors, path, *a, **k)
+
+    monkeypatch.setattr(ck, "save_file", full)
+
+
+def test_full_disk_stops_with_a_clear_message(tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    run = tmp_path / "run"
+    _disk_full_on_call(monkeypatch, 2)
+    with pytest.raises(TrainingError, match=r"^step 4: could not write the checkpoint .*No space left on device.*"
+                                            r"step_00000002 \(step 2\), is intact"):
+        train(tiny_config(run, steps=6), log=lambda s: None)
+    assert [p.name for p in (run / "checkpoints").iterdir()] == ["step_00000002"]  # no temporary leftovers
+    assert read_state(run / "checkpoints" / "step_00000002")["step"] == 2
+    load_run(run)
+
+
+def test_full_disk_library_error_and_cli_exit(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _disk_full_on_call(monkeypatch, 1)
+    import torch
+
+    model = torch.nn.Linear(2, 2)
+    with pytest.raises(CheckpointWriteError) as info:
+        save_checkpoint(tmp_path / "lib", step=1, model=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.1),
+                        state={})
+    assert info.value.errno == errno.ENOSPC and "step_00000001" in str(info.value)
+    assert list((tmp_path / "lib" / "checkpoints").iterdir()) == []
+    _disk_full_on_call(monkeypatch, 1)
+    (tmp_path / "run.toml").write_text(to_toml(tiny_config(tmp_path / "run", steps=2)))
+    assert main(["train", "--config", str(tmp_path / "run.toml")]) == 1
+    err = capsys.readouterr().err
+    assert "No space left on device" in err and "no checkpoint has been written" in err
+
+
+MEMORY_SCRIPT = """
+import resource, sys
+from posenc.train import train
+from posenc.train.faults import TrainingError
+from posenc.train.config import run_config_from_dict
+import json
+cfg = run_config_from_dict(json.load(open(sys.argv[1])))
+
+def vm_bytes():
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[0]) * resource.getpagesize()
+
+def on_step(step, info):
+    if step == 2:  # from now on, no more than 1 MiB of new address space: a later step cannot fit
+        limit = vm_bytes() + (1 << 20)
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+
+try:
+    train(cfg, on_step=on_step, log=lambda s: None)
+except TrainingError as err:
+    print(err)
+    sys.exit(1)
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/statm")
+def test_memory_limit_stops_with_a_clear_message(tmp_path: pathlib.Path) -> None:
+    cfg = tiny_config(tmp_path / "run", steps=10)
+    cfg.model.d_model, cfg.model.dim_feedforward, cfg.model.num_layers = 64, 1024, 2
+    cfg.data.batch_size, cfg.data.train_lengths = 64, [24, 30]  # about 30 MB of activations per step
+    (tmp_path / "cfg.json").write_text(cfg.to_json())
+    proc = run_python(MEMORY_SCRIPT, str(tmp_path / "cfg.json"))
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    # freed memory the allocator kept may carry a step or two past the limit; then one must fail
+    found = re.match(r"out of memory at step (\d+) \(.*can't allocate memory.*\); "
+                     r"the last checkpoint, (.*) \(step (\d+)\), is intact", proc.stdout)
+    assert found is not None, proc.stdout
+    failed, named, kept = int(found.group(1)), pathlib.Path(found.group(2)), int(found.group(3))
+    assert 2 < failed < 10 and kept == (failed - 1) // 2 * 2
+    assert checkpoint_dirs(tmp_path / "run")[-1] == named and read_state(named)["step"] == kept

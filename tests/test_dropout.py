@@ -1,0 +1,76 @@
+import pytest
+import torch
+
+from posenc.dropout import FastDropout, fast_dropout, keep_mask, quantized_p
+
+
+def test_quantized_p_is_a_multiple_of_two_to_the_minus_16():
+    assert quantized_p(0.1) == 6554 / 65536
+    assert quantized_p(0.0) == 0.0 and quantized_p(0.5) == 0.5
+
+
+def test_keep_rate_matches_one_minus_p_in_every_16_bit_lane():
+    torch.manual_seed(1)
+    p, n = 0.1, 400_000
+    keep = keep_mask((n,), p).float()
+    sigma = (p * (1 - p) / n) ** 0.5
+    assert abs(keep.mean().item() - (1 - quantized_p(p))) < 5 * sigma
+    # The four 16-bit fields of each 64-bit word are all uniform (the top one too: full-range draws).
+    lanes = keep.view(-1, 4).mean(0)
+    torch.testing.assert_close(lanes, torch.full((4,), 1 - quantized_p(p)), atol=5 * 2 * sigma, rtol=0)
+
+
+def test_mask_entries_are_independent_and_seeded():
+    torch.manual_seed(2)
+    p = 0.3
+    keep = keep_mask((200_000,), p).float()
+    both = (keep[:-1] * keep[1:]).mean().item()  # neighbours share a 64-bit word three times in four
+    assert abs(both - (1 - p) ** 2) < 0.01
+    torch.manual_seed(5)
+    a = keep_mask((7, 9), p)
+    torch.manual_seed(5)
+    assert torch.equal(a, keep_mask((7, 9), p))
+
+
+def test_fast_dropout_scales_the_kept_entries_forward_and_backward():
+    x = torch.randn(6, 33, requires_grad=True)
+    p = 0.25
+    torch.manual_seed(3)
+    y = fast_dropout(x, p)
+    torch.manual_seed(3)
+    keep = keep_mask(x.shape, p)
+    scale = 1 / (1 - quantized_p(p))
+    torch.testing.assert_close(y, x.detach() * keep * scale)
+    g = torch.randn_like(y)
+    y.backward(g)
+    torch.testing.assert_close(x.grad, g * keep * scale)
+
+
+def test_fast_dropout_is_unbiased_on_average():
+    torch.manual_seed(4)
+    x = torch.ones(1000, 1000)
+    assert abs(fast_dropout(x, 0.1).mean().item() - 1.0) < 5e-3
+
+
+def test_identity_when_not_training_or_p_zero_and_dtype_kept():
+    x = torch.randn(4, 5)
+    assert fast_dropout(x, 0.1, training=False) is x
+    assert fast_dropout(x, 0.0) is x
+    assert fast_dropout(x.bfloat16(), 0.1).dtype == torch.bfloat16
+
+
+@pytest.mark.parametrize("p", [-0.1, 1.0, 0.999999])
+def test_bad_probability(p):
+    with pytest.raises(ValueError, match="dropout probability"):
+        fast_dropout(torch.ones(3), p)
+
+
+def test_module_follows_train_and_eval():
+    m = FastDropout(0.5)
+    x = torch.ones(1000)
+    assert torch.equal(m.eval()(x), x)
+    y = m.train()(x)
+    assert set(y.unique().tolist()) <= {0.0, 2.0} and 0.4 < (y == 0).float().mean().item() < 0.6
+    assert m.state_dict() == {}
+    with pytest.raises(ValueError, match="inplace"):
+        FastDropout(0.1, inplace=True)(x)

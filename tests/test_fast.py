@@ -1,0 +1,60 @@
+import torch
+from torch import nn
+
+from posenc.attention import MultiHeadAttention
+from posenc.dropout import FastDropout
+from posenc.fast import use_fast_path
+from posenc.models import LanguageModel, LMConfig, Seq2Seq, Seq2SeqConfig
+
+
+def small_seq2seq(dropout=0.1):
+    return Seq2Seq(Seq2SeqConfig(src_vocab_size=30, tgt_vocab_size=30, d_model=32, num_heads=4,
+                                 num_encoder_layers=2, num_decoder_layers=2, dim_feedforward=64, dropout=dropout))
+
+
+def test_switches_every_dropout_and_attention_and_back():
+    model = small_seq2seq()
+    plain = sum(type(m) is nn.Dropout for m in model.modules())
+    use_fast_path(model)
+    assert sum(type(m) is nn.Dropout for m in model.modules()) == 0
+    assert sum(type(m) is FastDropout for m in model.modules()) == plain
+    assert all(m.fast_dropout for m in model.modules() if isinstance(m, MultiHeadAttention))
+    use_fast_path(model, enabled=False)
+    assert sum(type(m) is nn.Dropout for m in model.modules()) == plain
+    assert not any(m.fast_dropout for m in model.modules() if isinstance(m, MultiHeadAttention))
+
+
+def test_same_outputs_and_gradients_without_dropout():
+    src, tgt = torch.randint(1, 30, (3, 7)), torch.randint(1, 30, (3, 6))
+    src[0, -2:] = 0  # padding: the key-padding path too
+    model = small_seq2seq().eval()
+    want = model(src, tgt)
+    use_fast_path(model)
+    torch.testing.assert_close(model(src, tgt), want, rtol=0, atol=0)
+    trained = small_seq2seq(dropout=0.0).train()
+    use_fast_path(trained)
+    out = trained(src, tgt)
+    out.sum().backward()
+    grads = [p.grad.clone() for p in trained.parameters()]
+    use_fast_path(trained, enabled=False)
+    trained.zero_grad()
+    torch.testing.assert_close(trained(src, tgt), out, rtol=0, atol=0)
+    trained(src, tgt).sum().backward()
+    for g, p in zip(grads, trained.parameters()):
+        torch.testing.assert_close(p.grad, g, rtol=0, atol=0)
+
+
+def test_language_model_trains_on_the_fast_path():
+    torch.manual_seed(0)
+    lm = use_fast_path(LanguageModel(LMConfig(vocab_size=20, d_model=32, num_heads=4, num_layers=2,
+                                              dim_feedforward=64, encoding="sinusoidal", dropout=0.1)))
+    ids = torch.arange(12).repeat(2, 1)
+    opt = torch.optim.Adam(lm.parameters(), lr=1e-2)
+    losses = []
+    for _ in range(15):
+        loss = nn.functional.cross_entropy(lm(ids[:, :-1]).reshape(-1, 20), ids[:, 1:].reshape(-1))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.5 * losses[0]

@@ -1,0 +1,213 @@
+"""Greedy, sampling and beam search: against uncached decoding, a hand-built model, and known distributions."""
+
+import itertools
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from posenc.cache import StackCache
+from posenc.encodings import names
+from posenc.generate import beam_search, filter_logits, generate, translate
+from test_cache import V, small_lm, small_s2s, spec
+
+PAD, EOS, A, B = 0, 1, 2, 3
+
+
+class TableLM(nn.Module):
+    """A hand-built language model: the next token's log-probs depend only on the current token, ``table[id]``.
+    It has the interface generation uses (``forward(ids, *, padding_mask, cache)``, ``new_cache``)."""
+
+    def __init__(self, probs: torch.Tensor) -> None:
+        super().__init__()
+        self.register_buffer("table", probs.log())
+
+    def forward(self, ids, *, positions=None, padding_mask=None, cache=None):
+        return self.table[ids]  # (B, T, V)
+
+    def new_cache(self) -> StackCache:
+        return StackCache.empty(0)
+
+
+def trap_model() -> TableLM:
+    """From the start (PAD): A 0.6, B 0.4. From A: A 0.4, B 0.3, EOS 0.3. From B: EOS 0.9, A 0.05, B 0.05.
+    Greedy takes A and then A forever; the most likely finished sequence is B EOS (0.36)."""
+    probs = torch.tensor([
+        [0.0, 0.0, 0.6, 0.4],
+        [0.0, 1.0, 0.0, 0.0],
+        [0.0, 0.3, 0.4, 0.3],
+        [0.0, 0.9, 0.05, 0.05],
+    ])
+    return TableLM(probs + 1e-30)
+
+
+def test_beam_finds_the_known_best_sequence_that_greedy_misses():
+    model = trap_model()
+    assert generate(model, [[PAD]], max_new_tokens=5, eos_id=EOS) == [[A] * 5]
+    for penalty in (0.0, 1.0):
+        (best,) = beam_search(model, [[PAD]], max_new_tokens=5, eos_id=EOS, beam_size=2, length_penalty=penalty)
+        assert best[0].tokens == [B]
+        assert best[0].log_prob == pytest.approx(math.log(0.4 * 0.9), rel=1e-6)
+        assert best[0].score == pytest.approx(math.log(0.36) / 2**penalty, rel=1e-6)
+    assert generate(model, [[PAD]], max_new_tokens=5, eos_id=EOS, strategy="beam", beam_size=2) == [[B]]
+
+
+def brute_force_best(table: torch.Tensor, start: int, max_len: int, penalty: float) -> tuple[list[int], float]:
+    """Every sequence that ends in EOS within max_len tokens, or runs max_len tokens without it."""
+    best: tuple[list[int], float] = ([], -math.inf)
+    others = [t for t in range(table.shape[0]) if t != EOS]
+    for n in range(1, max_len + 1):
+        for body in itertools.product(others, repeat=n - 1):
+            for last in ([EOS] + others) if n == max_len else [EOS]:
+                seq = list(body) + [last]
+                prev, logp = start, 0.0
+                for tok in seq:
+                    logp, prev = logp + float(table[prev, tok]), tok
+                score = logp / n**penalty
+                if score > best[1]:
+                    best = (seq[:-1] if last == EOS else seq, score)
+    return best
+
+
+def test_beam_as_wide_as_the_tree_is_exhaustive():
+    """With a beam wider than every sequence there is, nothing is pruned: the best equals a brute-force search."""
+    torch.manual_seed(3)
+    model = TableLM(torch.softmax(torch.randn(4, 4) * 2, dim=-1))
+    for penalty in (0.0, 1.0, 2.0):
+        tokens, score = brute_force_best(model.table, PAD, 4, penalty)
+        (hyps,) = beam_search(model, [[PAD]], max_new_tokens=4, eos_id=EOS, beam_size=64, length_penalty=penalty)
+        assert hyps[0].tokens == tokens
+        assert hyps[0].score == pytest.approx(score, rel=1e-5)
+
+
+def test_beam_returns_n_best_sorted_with_consistent_scores():
+    model = trap_model()
+    (hyps,) = beam_search(model, [[PAD]], max_new_tokens=5, eos_id=EOS, beam_size=3, num_return=3, length_penalty=1.0)
+    assert len(hyps) == 3
+    assert [h.score for h in hyps] == sorted((h.score for h in hyps), reverse=True)
+    for h in hyps:
+        prev, logp = PAD, 0.0
+        for tok in h.tokens + [EOS]:
+            logp, prev = logp + float(model.table[prev, tok]), tok
+        assert h.log_prob == pytest.approx(logp, rel=1e-5)
+        assert h.score == pytest.approx(logp / (len(h.tokens) + 1), rel=1e-5)
+    with pytest.raises(ValueError, match="num_return=4 cannot exceed beam_size=3"):
+        beam_search(model, [[PAD]], max_new_tokens=5, eos_id=EOS, beam_size=3, num_return=4)
+
+
+def test_eos_stops_one_sequence_while_others_continue():
+    model = trap_model()
+    out = generate(model, [[B], [A], [PAD, B]], max_new_tokens=4, eos_id=EOS)
+    assert out == [[], [A] * 4, []]
+    beams = beam_search(model, [[B], [A]], max_new_tokens=4, eos_id=EOS, beam_size=2)
+    assert beams[0][0].tokens == [] and beams[0][0].log_prob == pytest.approx(math.log(0.9), rel=1e-6)
+    assert beams[1][0].tokens == [B]  # A -> B -> EOS (0.27) beats A -> EOS (0.3) per token at penalty 1
+
+
+def test_sampling_matches_the_filtered_distribution():
+    """Draws from the start row (A 0.6, B 0.4) at temperature 2: probabilities proportional to p ** (1/2)."""
+    model = trap_model()
+    n = 4000
+    draws = generate(model, [[PAD]] * n, max_new_tokens=1, strategy="sample", temperature=2.0, seed=0)
+    freq_a = sum(d == [A] for d in draws) / n
+    expect = 0.6**0.5 / (0.6**0.5 + 0.4**0.5)
+    assert abs(freq_a - expect) < 0.03  # binomial std is 0.008
+    top1 = generate(model, [[PAD]] * 50, max_new_tokens=1, strategy="sample", top_p=0.5, seed=0)
+    assert top1 == [[A]] * 50  # the nucleus of mass 0.5 is {A}
+
+
+def test_top_p_keeps_the_smallest_set_reaching_p():
+    probs = torch.tensor([0.0625, 0.5, 0.125, 0.25, 0.0625])  # exact in binary: no rounding at the borders
+    logits = probs.log().repeat(2, 1)
+    by_rank = [1, 3, 2]  # indices in decreasing probability
+    for p, keep in [(0.3, 1), (0.5, 1), (0.6, 2), (0.75, 2), (0.8, 3), (0.875, 3), (0.9, 4)]:
+        kept = torch.isfinite(filter_logits(logits, top_p=p))
+        assert kept.sum(dim=-1).tolist() == [keep, keep], p
+        assert kept[0, by_rank[: min(keep, 3)]].all()
+        assert float(probs[kept[0]].sum()) >= p
+    assert torch.isfinite(filter_logits(logits, top_p=1.0)).all()
+    kept = torch.isfinite(filter_logits(logits, top_k=2))
+    assert kept[0].nonzero().flatten().tolist() == [1, 3]
+    with pytest.raises(ValueError, match="top_p must lie in"):
+        filter_logits(logits, top_p=0.0)
+    with pytest.raises(ValueError, match="top_k must be"):
+        filter_logits(logits, top_k=0)
+
+
+def assert_greedy(model, prompt: list[int], new: list[int], max_new: int, eos: int) -> None:
+    """Each generated token is the argmax of an uncached forward over everything before it."""
+    assert len(new) <= max_new
+    seq = list(prompt)
+    with torch.no_grad():
+        for tok in new + ([eos] if len(new) < max_new else []):
+            logits = model(torch.tensor([seq]))[0, -1]
+            assert float(logits[tok]) >= float(logits.max()) - 1e-4
+            seq.append(tok)
+
+
+@pytest.mark.parametrize("name", names())
+def test_lm_greedy_equals_uncached_greedy_every_encoding(name):
+    model = small_lm(spec(name))
+    prompts = [[3, 7, 9, 4, 11], [5], [8, 2, 6]]
+    eos = 13
+    outs = generate(model, prompts, max_new_tokens=6, eos_id=eos)
+    for p, new in zip(prompts, outs):
+        assert eos not in new
+        assert_greedy(model, p, new, 6, eos)
+    assert generate(model, prompts, max_new_tokens=6, eos_id=eos, strategy="beam", beam_size=1) == outs
+    assert generate(model, prompts, max_new_tokens=6, eos_id=eos, strategy="sample", top_k=1, seed=5) == outs
+
+
+@pytest.mark.parametrize("name", names())
+def test_translate_greedy_equals_uncached_greedy_every_encoding(name):
+    model = small_s2s(spec(name))
+    srcs = [[4, 9, 2, 7, 7, 3], [5, 6], [8, 10, 12]]
+    bos, eos = 1, 2
+    outs = translate(model, srcs, bos_id=bos, eos_id=eos, max_len=6)
+    with torch.no_grad():
+        for s, new in zip(srcs, outs):
+            tgt = [bos]
+            for tok in new + ([eos] if len(new) < 6 else []):
+                logits = model(torch.tensor([s]), torch.tensor([tgt]))[0, -1]
+                assert float(logits[tok]) >= float(logits.max()) - 1e-4
+                tgt.append(tok)
+    assert translate(model, srcs, bos_id=bos, eos_id=eos, max_len=6, strategy="beam", beam_size=1) == outs
+
+
+def test_seeded_sampling_is_reproducible():
+    model = small_lm("sinusoidal")
+    prompts = [[3, 7, 9], [5]]
+    kw = dict(max_new_tokens=12, strategy="sample", temperature=1.5, top_k=10, top_p=0.95)
+    a = generate(model, prompts, seed=7, **kw)
+    assert a == generate(model, prompts, seed=7, **kw)
+    assert a != generate(model, prompts, seed=8, **kw)
+    s2s, src = small_s2s("sinusoidal"), [[4, 5, 6]]
+    t = translate(s2s, src, bos_id=1, eos_id=2, max_len=10, strategy="sample", seed=3)
+    assert t == translate(s2s, src, bos_id=1, eos_id=2, max_len=10, strategy="sample", seed=3)
+
+
+def test_beam_translate_batches_sources_of_different_lengths():
+    """A batch gives each source the hypotheses it gets alone."""
+    model = small_s2s("sinusoidal")
+    srcs = [[4, 9, 2, 7, 7, 3], [5, 6], [8, 10, 12]]
+    together = beam_search(model, srcs, bos_id=1, eos_id=2, max_new_tokens=7, beam_size=3, num_return=2)
+    for s, hyps in zip(srcs, together):
+        (alone,) = beam_search(model, [s], bos_id=1, eos_id=2, max_new_tokens=7, beam_size=3, num_return=2)
+        assert [h.tokens for h in hyps] == [h.tokens for h in alone]
+        for h, g in zip(hyps, alone):
+            assert h.score == pytest.approx(g.score, abs=1e-4)
+
+
+def test_bad_arguments_name_the_value():
+    model = trap_model()
+    with pytest.raises(ValueError, match="max_new_tokens must be positive, got 0"):
+        generate(model, [[PAD]], max_new_tokens=0)
+    with pytest.raises(ValueError, match="strategy must be one of"):
+        generate(model, [[PAD]], max_new_tokens=2, strategy="nucleus")
+    with pytest.raises(ValueError, match="temperature must be > 0"):
+        generate(model, [[PAD]], max_new_tokens=2, strategy="sample", temperature=0.0)
+    with pytest.raises(ValueError, match=r"prompts\[1\] is empty"):
+        generate(model, [[PAD], []], max_new_tokens=2)
+    with pytest.raises(ValueError, match="bos_id must be a token id"):
+        translate(small_s2s("none"), [[3]], bos_id=-1, eos_id=2, max_len=3)
