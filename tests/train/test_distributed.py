@@ -18,7 +18,7 @@ from safetensors.torch import load_file
 
 from posenc.data.batch import Batch
 from posenc.train.config import load_config_file
-from posenc.train.distributed import Parallel, shard_batch
+from posenc.train.distributed import Parallel, check_global_batch, shard_batch
 from posenc.train.loop import train
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
@@ -173,8 +173,31 @@ def test_shards_are_disjoint_and_cover_the_global_batch() -> None:
 
 
 def test_a_global_batch_that_does_not_divide_is_an_error() -> None:
-    with pytest.raises(ValueError, match="batch of 6 rows does not divide among 4 processes"):
-        shard_batch(_batch(6), rank=0, world=4)
+    with pytest.raises(ValueError, match="data.batch_size 6 \\(the global batch\\) does not divide among 4"):
+        check_global_batch(6, 4)
+    check_global_batch(8, 4)
+    with pytest.raises(ValueError, match="global batch of 3 rows cannot feed 4 processes"):
+        shard_batch(_batch(3), rank=0, world=4)
+    assert [shard_batch(_batch(5), rank=r, world=2).size for r in (0, 1)] == [3, 2]  # token buckets: uneven, exact
+
+
+@pytest.mark.slow
+def test_two_process_run_rejects_an_indivisible_batch(runs: dict[str, pathlib.Path], tmp_path: pathlib.Path) -> None:
+    proc = _torchrun("-m", "posenc", "train", "--config", str(runs["config"]), "--data.batch_size", "7",
+                     "--run-dir", str(tmp_path / "bad"))
+    assert proc.returncode != 0
+    assert "data.batch_size 7 (the global batch) does not divide among 2 processes" in proc.stderr
+
+
+@pytest.mark.slow
+def test_ddp_checkpoint_resumes_under_fsdp(runs: dict[str, pathlib.Path], tmp_path: pathlib.Path) -> None:
+    """Two processes resume a DDP checkpoint sharded with FSDP (the full optimizer state is scattered)."""
+    run = tmp_path / "ddp-then-fsdp"
+    shutil.copytree(runs["ddp"], run)
+    out = _ok(_torchrun("-m", "posenc", "train", "--config", str(runs["config"]), "--run-dir", str(run),
+                        "--parallel", "fsdp"))
+    assert "(step 8)" in out
+    _assert_same_state(runs["one"], run, 12)
 
 
 def test_one_process_without_torchrun(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -41,16 +41,25 @@ from torch import nn
 from ..data.batch import Batch
 from .metrics import EvalResult, autocast_context, forward, token_loss
 
-__all__ = ["PARALLEL_MODES", "Parallel", "SilentLog", "evaluate_sharded", "shard_batch"]
+__all__ = ["PARALLEL_MODES", "Parallel", "SilentLog", "check_global_batch", "evaluate_sharded", "shard_batch"]
 
 PARALLEL_MODES = ("ddp", "fsdp")
 
 
+def check_global_batch(batch_size: int, world: int) -> None:
+    """A fixed global batch (tasks, text) must split evenly: a ``ValueError`` naming both numbers otherwise."""
+    if batch_size % world:
+        raise ValueError(f"data.batch_size {batch_size} (the global batch) does not divide among {world} processes; "
+                         f"use a multiple of {world}")
+
+
 def shard_batch(batch: Batch, *, rank: int, world: int) -> Batch:
-    """Rows ``rank, rank + world, ...`` of a global batch; a ``ValueError`` when the rows do not divide."""
-    if batch.size % world:
-        raise ValueError(f"the global batch of {batch.size} rows does not divide among {world} processes; "
-                         f"set data.batch_size to a multiple of {world}")
+    """Rows ``rank, rank + world, ...`` of a global batch. Token-bucketed batches (translation) vary in rows and
+    may split unevenly, which is still exact (the loss is divided by the global token count); a batch with fewer
+    rows than processes is a ``ValueError``, since a rank would have nothing to train on."""
+    if batch.size < world:
+        raise ValueError(f"a global batch of {batch.size} rows cannot feed {world} processes; "
+                         "use larger batches (data.batch_size or data.max_tokens)")
     return _rows(batch, slice(rank, None, world))
 
 

@@ -34,7 +34,7 @@ from ..data.dataset import Dataset
 from ..data.tokenizers import load_tokenizer
 from .checkpoint import atomic_write_text, checkpoint_dirs, latest_valid, load_checkpoint, read_state, save_checkpoint
 from .config import RunConfig
-from .distributed import Parallel, SilentLog, evaluate_sharded, shard_batch
+from .distributed import Parallel, SilentLog, check_global_batch, evaluate_sharded, shard_batch
 from .drift import check_resume, run_signature
 from .faults import (NONFINITE_POLICIES, NonFiniteLossError, TrainingError, check_finite_weights, is_finite_step,
                      last_checkpoint_note, memory_guard)
@@ -283,6 +283,8 @@ def train(cfg: RunConfig, *, on_step: StepCallback | None = None, log: Callable[
 
 def _train(cfg: RunConfig, on_step: StepCallback | None, log: Callable[[str], None], par: Parallel,
            device: torch.device) -> TrainResult:
+    if par.active and cfg.data.kind in ("task", "text"):
+        check_global_batch(cfg.data.batch_size, par.world)
     s = _setup(cfg, log, par, device)
     fwd = s.fwd if s.fwd is not None else s.model
     fwd = torch.compile(fwd) if cfg.train.compile else fwd
