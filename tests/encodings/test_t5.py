@@ -50,3 +50,18 @@ def test_one_table_per_stack():
 def test_bad_options():
     with pytest.raises(ValueError, match="max_distance must exceed"):
         build("t5:max_distance=4", num_heads=2)
+
+
+@pytest.mark.parametrize("causal", [True, False])
+@pytest.mark.parametrize("q0, tq, k0, tk", [(0, 7, 0, 7), (5, 1, 0, 6), (300, 4, 290, 14), (0, 200, 0, 200)])
+def test_toeplitz_layout_equals_the_gather(causal, q0, tq, k0, tk):
+    """Plain ranges take the per-distance Toeplitz path; it must equal the per-pair lookup, values and grads."""
+    enc = T5Bias(num_heads=3, causal=causal)
+    q_pos, k_pos = torch.arange(q0, q0 + tq), torch.arange(k0, k0 + tk)
+    fast = enc.bias(q_pos, k_pos)
+    slow = torch.nn.functional.embedding(enc.buckets(q_pos, k_pos), enc.weight).movedim(-1, -3)
+    torch.testing.assert_close(fast, slow, rtol=0, atol=0)
+    g = torch.randn_like(fast)
+    (grad_fast,) = torch.autograd.grad((fast * g).sum(), enc.weight)
+    (grad_slow,) = torch.autograd.grad((slow * g).sum(), enc.weight)
+    torch.testing.assert_close(grad_fast, grad_slow, rtol=1e-5, atol=1e-5)

@@ -20,7 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from .._checks import check_positive_int
-from ._relative import RangeCache, relative_distance
+from ._relative import RangeCache, as_range, relative_distance
 from .base import PositionalEncoding, register
 
 __all__ = ["T5Bias", "relative_position_bucket"]
@@ -79,8 +79,24 @@ class T5Bias(PositionalEncoding):
         return self._cache.get(q_pos, k_pos, compute)
 
     def bias(self, q_pos: Tensor, k_pos: Tensor) -> Tensor:
+        qr, kr = as_range(q_pos), as_range(k_pos)
+        if qr is not None and kr is not None and qr[1] and kr[1]:
+            return self._toeplitz_bias(qr, kr, q_pos.device)
         values = nn.functional.embedding(self.buckets(q_pos, k_pos), self.weight)  # (..., Tq, Tk, H)
         return values.movedim(-1, -3)  # (H, Tq, Tk) or (B, H, Tq, Tk)
+
+    def _toeplitz_bias(self, qr: tuple[int, int], kr: tuple[int, int], device: torch.device) -> Tensor:
+        """Plain ranges of positions: the bias depends on k - q only, so look up the Tq + Tk - 1 distinct
+        distances once and lay them out as a Toeplitz matrix. Same values as the (Tq, Tk) gather, but the
+        backward adds up Tq + Tk - 1 rows instead of scattering H·Tq·Tk values into the table."""
+        (q0, tq), (k0, tk) = qr, kr
+        rel = torch.arange(k0 - q0 - (tq - 1), k0 - q0 + tk, device=device)  # (Tq + Tk - 1,): k - q, ascending
+        buckets = relative_position_bucket(
+            rel, bidirectional=not self.causal, num_buckets=self.num_buckets, max_distance=self.max_distance
+        )
+        values = nn.functional.embedding(buckets, self.weight).t()  # (H, Tq + Tk - 1)
+        windows = values.unfold(-1, tk, 1)  # (H, Tq, Tk): windows[h, r, c] = values[h, r + c]
+        return windows.flip(-2)  # (H, Tq, Tk): [h, i, j] = values[h, (j - i) + Tq - 1], i.e. distance k0+j - (q0+i)
 
     def extra_repr(self) -> str:
         return f"num_heads={self.num_heads}, causal={self.causal}, num_buckets={self.num_buckets}, max_distance={self.max_distance}"
