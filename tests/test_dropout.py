@@ -74,3 +74,16 @@ def test_module_follows_train_and_eval():
     assert m.state_dict() == {}
     with pytest.raises(ValueError, match="inplace"):
         FastDropout(0.1, inplace=True)(x)
+
+
+def test_bf16_kept_entries_are_scaled_in_float_then_rounded():
+    # A scale rounded to bf16 (1/0.9 -> 1.109) would bias every kept entry by -0.2%: it must act as a scalar.
+    x = torch.randn(64, 257).bfloat16()
+    p = 0.1
+    torch.manual_seed(11)
+    y = fast_dropout(x, p)
+    torch.manual_seed(11)
+    keep = keep_mask(x.shape, p)
+    expected = (x.float() * keep * (1 / (1 - quantized_p(p)))).bfloat16()
+    assert y.dtype == torch.bfloat16
+    assert torch.equal(y, expected)

@@ -58,3 +58,55 @@ def test_language_model_trains_on_the_fast_path():
         opt.step()
         losses.append(loss.item())
     assert losses[-1] < 0.5 * losses[0]
+
+
+def _qkv(dtype, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randn(2, 3, 9, 8, generator=g).to(dtype).requires_grad_() for _ in range(3)]
+
+
+def _masks():
+    from posenc.attention import build_mask
+
+    pad = torch.zeros(2, 9, dtype=torch.bool)
+    pad[1, -3:] = True
+    return [
+        build_mask(causal=True, batch=2, heads=3, q_len=9, k_len=9),  # causal only: SDPA's is_causal form
+        build_mask(None, pad, causal=True, batch=2, heads=3, q_len=9, k_len=9),
+        build_mask(None, pad, batch=2, heads=3, q_len=9, k_len=9),
+        None,
+    ]
+
+
+def test_fast_math_attention_equals_the_plain_math_path():
+    from posenc.attention import _math_attention
+
+    for dtype, tol in ((torch.float32, 1e-6), (torch.bfloat16, 2e-2)):
+        for mask in _masks():
+            attn_mask, is_causal = (None, False) if mask is None else mask.for_sdpa(None, dtype)
+            outs, grads = [], []
+            for fast in (False, True):
+                q, k, v = _qkv(dtype)
+                out, w = _math_attention(q, k, v, attn_mask, is_causal, mask, dropout_p=0.0, scale=None, fast=fast)
+                out.float().pow(2).sum().backward()
+                outs.append((out.float(), w.float()))
+                grads.append([t.grad.float() for t in (q, k, v)])
+            for a, b in zip(outs[0], outs[1]):
+                torch.testing.assert_close(b, a, atol=tol, rtol=tol)
+            for a, b in zip(grads[0], grads[1]):
+                torch.testing.assert_close(b, a, atol=5 * tol, rtol=5 * tol)
+
+
+def test_fast_math_attention_drops_the_weights_with_the_fast_mask():
+    from posenc.attention import _math_attention
+    from posenc.dropout import fast_dropout
+
+    q, k, v = _qkv(torch.float32, seed=1)
+    mask = _masks()[0]
+    attn_mask, is_causal = mask.for_sdpa(None, torch.float32)
+    torch.manual_seed(7)
+    out, w = _math_attention(q, k, v, attn_mask, is_causal, mask, dropout_p=0.3, scale=None, fast=True)
+    torch.manual_seed(7)
+    want = fast_dropout(w, 0.3) @ v
+    torch.testing.assert_close(out, want, rtol=0, atol=0)
+    assert (w.triu(1) == 0).all() and torch.allclose(w.sum(-1), torch.ones(2, 3, 9))

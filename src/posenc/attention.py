@@ -83,6 +83,10 @@ class AttentionMask:
             bias = bias.unsqueeze(0)
         return (bias if base is None else base + bias), False
 
+    def causal_float(self, dtype: torch.dtype) -> Tensor | None:
+        """A causal-only mask as an additive float ``(Tq, Tk)`` mask of ``dtype`` (built once per dtype)."""
+        return self._base(dtype)
+
     def _base(self, dtype: torch.dtype) -> Tensor | None:
         """The blocked entries as a float mask of ``dtype`` plus the finite float mask; built once per dtype."""
         if dtype not in self._float:
@@ -205,21 +209,9 @@ def _attend(
         attn_mask, is_causal = mask.for_sdpa(bias, q.dtype)
     weights = None
     if use_math or want_weights or (fast and dropout_p > 0):
-        scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
-        scores = torch.matmul(q, k.transpose(-2, -1)) * scale  # (B, H, Tq, Tk)
-        if attn_mask is not None:
-            scores = scores + attn_mask
-        elif is_causal:
-            blocked = causal_blocked(q.shape[-2], k.shape[-2], q.device)
-            scores = scores.masked_fill(blocked, neg_large(scores.dtype))
-        weights = torch.softmax(scores.float(), dim=-1).to(q.dtype)
-        if mask is not None and mask.dead_rows is not None:
-            weights = weights.masked_fill(mask.dead_rows, 0.0)
-        if dropout_p > 0:
-            dropped = fast_dropout(weights, dropout_p) if fast else F.dropout(weights, p=dropout_p)
-        else:
-            dropped = weights
-        out = torch.matmul(dropped, v)  # (B, H, Tq, Dh)
+        out, weights = _math_attention(
+            q, k, v, attn_mask, is_causal, mask, dropout_p=dropout_p, scale=scale, fast=fast
+        )
     else:
         out = F.scaled_dot_product_attention(
             q, k, v, attn_mask=attn_mask, dropout_p=dropout_p, is_causal=is_causal, scale=scale
@@ -227,6 +219,50 @@ def _attend(
         if mask is not None and mask.dead_rows is not None:
             out = out.masked_fill(mask.dead_rows, 0.0)
     return out, weights
+
+
+def _math_attention(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    attn_mask: Tensor | None,
+    is_causal: bool,
+    mask: AttentionMask | None,
+    *,
+    dropout_p: float,
+    scale: float | None,
+    fast: bool,
+) -> tuple[Tensor, Tensor]:
+    """The plain path: the weights softmax(Q K^T * scale + mask) are materialized ``(B, H, Tq, Tk)``.
+
+    The fast path computes the same function with fewer passes over the (Tq, Tk) scores: it scales Q
+    (Tq x Dh) rather than the scores (Tq x Tk), and in bf16/fp16 lets softmax accumulate in float internally
+    instead of converting the scores to float32 and the weights back (equal results forward; the backward
+    rounds its gradient once more), and drops weights with :func:`posenc.dropout.fast_dropout`.
+    """
+    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
+    if fast:
+        scores = torch.matmul(q * scale, k.transpose(-2, -1))  # (B, H, Tq, Tk)
+    else:
+        scores = torch.matmul(q, k.transpose(-2, -1)) * scale  # (B, H, Tq, Tk)
+    if is_causal and fast and mask is not None:
+        attn_mask = mask.causal_float(scores.dtype)  # an add (cached per stack) is cheaper than masked_fill
+    if attn_mask is not None:
+        scores = scores + attn_mask
+    elif is_causal:
+        blocked = causal_blocked(q.shape[-2], k.shape[-2], q.device)
+        scores = scores.masked_fill(blocked, neg_large(scores.dtype))
+    if fast and scores.dtype in (torch.bfloat16, torch.float16):
+        weights = torch.softmax(scores, dim=-1)
+    else:
+        weights = torch.softmax(scores.float(), dim=-1).to(q.dtype)
+    if mask is not None and mask.dead_rows is not None:
+        weights = weights.masked_fill(mask.dead_rows, 0.0)
+    if dropout_p > 0:
+        dropped = fast_dropout(weights, dropout_p) if fast else F.dropout(weights, p=dropout_p)
+    else:
+        dropped = weights
+    return torch.matmul(dropped, v), weights  # (B, H, Tq, Dh), (B, H, Tq, Tk)
 
 
 def scaled_dot_product_attention(

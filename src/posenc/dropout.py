@@ -47,7 +47,12 @@ def fast_dropout(x: Tensor, p: float, training: bool = True, *, generator: torch
     if not training or p == 0.0:
         return x
     keep = keep_mask(x.shape, p, device=x.device, generator=generator)
-    return (x * keep.to(x.dtype)).mul_(1.0 / (1.0 - quantized_p(p)))  # autograd keeps only the 0/1 mask
+    scale = 1.0 / (1.0 - quantized_p(p))
+    ones = keep.view(torch.uint8).to(x.dtype)  # 0/1 in x's dtype (bool -> float is slow on CPU, uint8 -> float not)
+    if x.dtype in (torch.float32, torch.float64):
+        return x * ones.mul_(scale)  # one product forward, one backward; autograd keeps only the scaled mask
+    # In bf16/fp16 the scale itself would round (1/0.9 -> 1.109 in bf16, a 0.2% bias): apply it as a scalar.
+    return (x * ones).mul_(scale)
 
 
 class FastDropout(nn.Dropout):
