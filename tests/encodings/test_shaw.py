@@ -1,13 +1,18 @@
 import math
 
+import pytest
 import torch
 
+from posenc import attention
 from posenc.attention import MultiHeadAttention, build_mask
 from posenc.encodings import Shaw, build
+from posenc.encodings.shaw import _Collect, _RangeLayout, _Spread
 
 
-def _reference(attn: MultiHeadAttention, enc: Shaw, x: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
-    """Shaw et al. eq. 3-4, pair by pair, causal."""
+def _reference(
+    attn: MultiHeadAttention, enc: Shaw, x: torch.Tensor, pos: torch.Tensor, causal: bool = True
+) -> torch.Tensor:
+    """Shaw et al. eq. 3-4, pair by pair."""
     b, t, d = x.shape
     h, dh = attn.num_heads, attn.head_dim
     q, k, v = attn.in_proj(x).split(d, dim=-1)
@@ -19,7 +24,8 @@ def _reference(attn: MultiHeadAttention, enc: Shaw, x: torch.Tensor, pos: torch.
             rel = (pos[bb] - pos[bb, i]).clamp(-kk, kk) + kk  # (T,)
             a_k, a_v = enc.key_table[rel], enc.value_table[rel]  # (T, Dh)
             e = torch.einsum("hd,jhd->hj", q[bb, :, i], k[bb].transpose(0, 1) + a_k[:, None]) / math.sqrt(dh)
-            e[:, i + 1 :] = float("-inf")
+            if causal:
+                e[:, i + 1 :] = float("-inf")
             alpha = e.softmax(-1)  # (H, T)
             out[bb, :, i] = torch.einsum("hj,jhd->hd", alpha, v[bb].transpose(0, 1) + a_v[:, None])
     return attn.out_proj(out.transpose(1, 2).reshape(b, t, d))
@@ -33,6 +39,109 @@ def test_matches_pairwise_reference():
     mask = build_mask(causal=True, batch=2, heads=2, q_len=7, k_len=7)
     got = attn(x, mask=mask, q_pos=pos)
     torch.testing.assert_close(got, _reference(attn, enc, x, pos), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("causal", [True, False])
+def test_range_positions_match_pairwise_reference(causal):
+    """Plain-range positions take the blockwise path; 40 tokens span two row blocks."""
+    enc = Shaw(head_dim=8, max_distance=3, init_std=0.5)
+    attn = MultiHeadAttention(d_model=16, num_heads=2, encoding=enc)
+    x = torch.randn(2, 40, 16)
+    pos = torch.arange(5, 45)
+    mask = build_mask(causal=causal, batch=2, heads=2, q_len=40, k_len=40)
+    got = attn(x, mask=mask, q_pos=pos)
+    torch.testing.assert_close(got, _reference(attn, enc, x, pos.expand(2, 40), causal), atol=1e-5, rtol=1e-5)
+
+
+def _weights(b: int, h: int, tq: int, tk: int, causal: bool) -> torch.Tensor:
+    """Attention weights with the queries as the last tq keys; one dead row (all zero) when causal."""
+    scores = torch.randn(b, h, tq, tk)
+    if causal:
+        blocked = attention.causal_blocked(tq, tk)
+        scores = scores.masked_fill(blocked, float("-inf"))
+    w = scores.softmax(-1).nan_to_num(0.0)  # queries with every key blocked (tq > tk) attend to nothing
+    if causal:
+        w[0, 0, 0] = 0.0  # a query that may attend to nothing gives zero weights
+    return w
+
+
+# (query start, queries, key start, keys, k): one KV-cache step and a chunk of new queries after cached keys,
+# keys starting elsewhere than the queries, k larger than every distance, k = 1, blocks of rows cut short.
+CASES = [
+    (0, 70, 0, 70, 4),
+    (50, 20, 0, 70, 5),
+    (69, 1, 0, 70, 4),
+    (3, 40, 10, 45, 6),
+    (10, 40, 0, 30, 3),
+    (0, 20, 0, 20, 50),
+    (0, 65, 0, 65, 1),
+]
+
+
+@pytest.mark.parametrize("causal", [True, False])
+@pytest.mark.parametrize(("q0", "tq", "k0", "tk", "k"), CASES)
+def test_range_path_equals_general_path(q0, tq, k0, tk, k, causal):
+    """The blockwise layout of plain ranges against the gather / scatter-add of the same positions given per
+    batch row (which never counts as a range): forward and gradients, element by element (float64, so that the
+    only difference, the order of the sums, stays far below the tolerance)."""
+    b, h, dh = 2, 3, 8
+    enc = Shaw(head_dim=dh, max_distance=k, init_std=0.5).double()
+    q_pos, k_pos = torch.arange(q0, q0 + tq), torch.arange(k0, k0 + tk)
+    general = (q_pos.expand(b, tq), k_pos.expand(b, tk))
+    assert enc._layout(q_pos, k_pos) is not None and enc._layout(*general) is None
+    q = torch.randn(b, h, tq, dh, dtype=torch.float64, requires_grad=True)
+    w = _weights(b, h, tq, tk, causal).double().requires_grad_()
+    grad_bias = torch.randn(b, h, tq, tk, dtype=torch.float64)
+    grad_value = torch.randn(b, h, tq, dh, dtype=torch.float64)
+    params = (q, w, enc.key_table, enc.value_table)
+
+    def run(qp, kp):
+        bias, value = enc.content_bias(q, qp, kp), enc.value_term(w, qp, kp)
+        grads = torch.autograd.grad((bias * grad_bias).sum() + (value * grad_value).sum(), params)
+        return bias, value, grads
+
+    bias, value, grads = run(q_pos, k_pos)
+    bias_ref, value_ref, grads_ref = run(*general)
+    assert torch.equal(bias, bias_ref)  # a copy of the same per-bucket values
+    torch.testing.assert_close(value, value_ref, atol=1e-12, rtol=1e-12)
+    for got, want in zip(grads, grads_ref):
+        torch.testing.assert_close(got, want, atol=1e-12, rtol=1e-12)
+    # And the general path against the definition: bucket of each pair, weight mass per bucket.
+    idx = (k_pos[None] - q_pos[:, None]).clamp(-k, k) + k  # (Tq, Tk)
+    per_bucket = q @ enc.key_table.t() / math.sqrt(dh)
+    torch.testing.assert_close(bias_ref, per_bucket[:, :, torch.arange(tq)[:, None], idx])
+    mass = torch.stack([(w * (idx == r)).sum(-1) for r in range(2 * k + 1)], dim=-1)  # (B, H, Tq, R)
+    torch.testing.assert_close(value_ref, mass @ enc.value_table)
+
+
+def test_spread_and_collect_are_adjoint_with_second_derivatives():
+    layout = _RangeLayout(index=(torch.arange(3, 11)[None] - torch.arange(36)[:, None]).clamp(-2, 2) + 2,
+                          offset=3, max_distance=2)
+    x = torch.randn(1, 2, 36, 5, dtype=torch.float64, requires_grad=True)
+    y = torch.randn(1, 2, 36, 8, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda t: _Spread.apply(t, layout), (x,))
+    assert torch.autograd.gradgradcheck(lambda t: _Spread.apply(t, layout), (x,))
+    assert torch.autograd.gradcheck(lambda t: _Collect.apply(t, layout), (y,))
+    assert torch.autograd.gradgradcheck(lambda t: _Collect.apply(t, layout), (y,))
+    # <spread(x), y> == <x, collect(y)>
+    lhs = (_Spread.apply(x, layout) * y).sum()
+    rhs = (x * _Collect.apply(y, layout)).sum()
+    torch.testing.assert_close(lhs, rhs)
+
+
+def test_keys_only_keeps_the_fused_path(monkeypatch):
+    """``values=False`` needs no attention weights, so attention never takes its math path."""
+    calls = []
+    original = attention._math_attention
+    monkeypatch.setattr(attention, "_math_attention", lambda *a, **kw: calls.append(1) or original(*a, **kw))
+    x = torch.randn(2, 9, 16)
+    mask = build_mask(causal=True, batch=2, heads=2, q_len=9, k_len=9)
+    keys_only = MultiHeadAttention(d_model=16, num_heads=2, encoding=Shaw(head_dim=8, values=False))
+    keys_only(x, mask=mask).sum().backward()
+    assert not keys_only.encoding.uses_value_term and calls == []
+    both = MultiHeadAttention(d_model=16, num_heads=2, encoding=Shaw(head_dim=8))
+    both(x, mask=mask)
+    assert both.encoding.uses_value_term and calls == [1]
 
 
 def test_clipping_and_gradients():
