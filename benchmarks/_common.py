@@ -18,6 +18,8 @@ from collections.abc import Callable, Sequence
 import torch
 
 __all__ = [
+    "add_denormal_option",
+    "apply_denormal_option",
     "child_json",
     "current_rss_mib",
     "machine",
@@ -26,6 +28,17 @@ __all__ = [
     "peak_rss_mib",
     "table",
 ]
+
+
+def add_denormal_option(parser) -> None:
+    """``--denormals flush|keep``: the CPU's handling of denormal floats, for every system of the run alike."""
+    parser.add_argument("--denormals", choices=["flush", "keep"], default="flush",
+                        help="flush (default; what `posenc train` does) or keep denormal floats; see "
+                             "posenc.fast.flush_denormals. Set before any work, so torch's worker threads inherit it")
+
+
+def apply_denormal_option(args) -> None:
+    torch.set_flush_denormal(args.denormals == "flush")
 
 
 def matmul_peak_gflops(dtype: torch.dtype, *, size: int = 2048, repeats: int = 5) -> tuple[float, float]:

@@ -11,13 +11,19 @@ rep 2, ...) so that a slow spell of a shared machine hits all of them alike; med
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
+import sys
 import time
 from collections.abc import Callable
 
 import torch
 
-from posenc.models import LanguageModel, LMConfig
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from _common import add_denormal_option, apply_denormal_option  # noqa: E402
+
+from posenc.models import LanguageModel, LMConfig  # noqa: E402
 
 FAMILIES = [
     "none",
@@ -62,7 +68,9 @@ def main() -> None:
     p.add_argument("--vocab", type=int, default=256)
     p.add_argument("--reps", type=int, default=5)
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    add_denormal_option(p)
     args = p.parse_args()
+    apply_denormal_option(args)
     if args.threads:
         torch.set_num_threads(args.threads)
     families = list(dict.fromkeys(["none", *args.families]))
@@ -94,7 +102,8 @@ def main() -> None:
     med = {f: {k: statistics.median(v) for k, v in t.items()} for f, t in times.items()}
     base = med["none"]
     print(f"LanguageModel d={args.d_model}, {args.heads} heads, {args.layers} layers, T={args.length}, "
-          f"batch {args.batch}, {args.reps} interleaved reps, torch {torch.__version__}, {torch.get_num_threads()} threads")
+          f"batch {args.batch}, {args.reps} interleaved reps, torch {torch.__version__}, {torch.get_num_threads()} threads, "
+          f"denormals {args.denormals}")
     print("| encoding | forward ms | forward / NoPE | train step ms | train / NoPE |")
     print("|---|---|---|---|---|")
     for f in families:

@@ -164,3 +164,40 @@ def test_pure_causal_self_attention_hands_sdpa_is_causal_and_no_mask(monkeypatch
                                 encoding="sinusoidal", dropout=0.0))
     lm(torch.randint(0, 20, (2, 9)))
     assert len(seen) == 2 and all(mask is None and causal for mask, causal in seen)
+
+
+@pytest.mark.parametrize("q_len,k_len,padded", [(300, 300, False), (300, 300, True), (280, 290, False), (513, 513, False)])
+def test_causal_float_mask_in_query_chunks_equals_one_call(monkeypatch, q_len, k_len, padded):
+    # A causal mask with a bias goes to the fused kernel one chunk of queries at a time, each chunk with only
+    # the keys up to its last query; the result must equal a single call over all keys, values and gradients.
+    import posenc.attention as attention
+
+    torch.manual_seed(0)
+    b, h, dh = 2, 2, 8
+    q, k, v = (torch.randn(b, h, n, dh) for n in (q_len, k_len, k_len))
+    bias = torch.randn(h, q_len, k_len, requires_grad=True)
+    pad = None
+    if padded:
+        pad = torch.zeros(b, k_len, dtype=torch.bool)
+        pad[1, :7] = True  # left padding
+    mask = build_mask(None, pad, causal=True, batch=b, heads=h, q_len=q_len, k_len=k_len)
+    assert mask.causal
+
+    def run(chunk: int):
+        monkeypatch.setattr(attention, "CAUSAL_CHUNK", chunk)
+        leaves = [t.clone().requires_grad_() for t in (q, k, v)]
+        bias.grad = None
+        out, _ = attention._attend(*leaves, mask, bias, dropout_p=0.0, scale=None, use_math=False)
+        out.pow(2).sum().backward()
+        return out, [t.grad for t in leaves] + [bias.grad.clone()]
+
+    calls = []
+    real = attention.F.scaled_dot_product_attention
+    monkeypatch.setattr(attention.F, "scaled_dot_product_attention", lambda *a, **kw: calls.append(1) or real(*a, **kw))
+    out1, grads1 = run(10**9)
+    assert len(calls) == 1
+    out2, grads2 = run(128)
+    assert len(calls) == 1 + math.ceil(q_len / 128)
+    torch.testing.assert_close(out2, out1, atol=1e-5, rtol=1e-5)
+    for g2, g1 in zip(grads2, grads1):
+        torch.testing.assert_close(g2, g1, atol=1e-5, rtol=1e-5)

@@ -110,3 +110,38 @@ def test_fast_math_attention_drops_the_weights_with_the_fast_mask():
     want = fast_dropout(w, 0.3) @ v
     torch.testing.assert_close(out, want, rtol=0, atol=0)
     assert (w.triu(1) == 0).all() and torch.allclose(w.sum(-1), torch.ones(2, 3, 9))
+
+
+def test_flush_denormals_zeroes_denormals_and_leaves_attention_unchanged():
+    from posenc.attention import MultiHeadAttention, build_mask
+    from posenc.encodings import build
+    from posenc.fast import flush_denormals
+
+    flush_denormals(False)  # (a training run earlier in this process may have turned flushing on)
+    assert (torch.tensor([1e-39]) * 1.0).item() != 0.0
+    torch.manual_seed(0)
+    attn = MultiHeadAttention(d_model=32, num_heads=4, encoding=build("alibi", num_heads=4))
+    x = torch.randn(2, 300, 32) * 4
+    mask = build_mask(causal=True, batch=2, heads=4, q_len=300, k_len=300)
+    kept = attn(x, mask=mask)
+    try:
+        assert flush_denormals() is True
+        assert (torch.tensor([1e-39]) * 1.0).item() == 0.0
+        flushed = attn(x, mask=mask)
+    finally:
+        flush_denormals(False)
+    torch.testing.assert_close(flushed, kept, atol=1e-30, rtol=1e-6)
+
+
+def test_training_flushes_denormals_unless_told_not_to(monkeypatch, tmp_path):
+    import posenc.train.loop as loop
+    from posenc.train.config import RunConfig
+
+    calls = []
+    monkeypatch.setattr(loop, "flush_denormals", lambda enabled=True: calls.append(enabled) or True)
+    for flag in (True, False):
+        cfg = RunConfig()
+        cfg.train.flush_denormal = flag
+        cfg.train.run_dir = str(tmp_path / str(flag))
+        loop._setup(cfg, lambda m: None, loop.Parallel(), torch.device("cpu"))
+    assert calls == [True]
