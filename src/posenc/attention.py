@@ -265,16 +265,13 @@ def _math_attention(
 ) -> tuple[Tensor, Tensor]:
     """The plain path: the weights softmax(Q K^T * scale + mask) are materialized ``(B, H, Tq, Tk)``.
 
-    The fast path computes the same function with fewer passes over the (Tq, Tk) scores: it scales Q
-    (Tq x Dh) rather than the scores (Tq x Tk), and in bf16/fp16 lets softmax accumulate in float internally
-    instead of converting the scores to float32 and the weights back (equal results forward; the backward
-    rounds its gradient once more), and drops weights with :func:`posenc.dropout.fast_dropout`.
+    The fast path computes the same function with fewer passes over the (Tq, Tk) scores: in bf16/fp16 it lets
+    softmax accumulate in float internally instead of converting the scores to float32 and the weights back
+    (equal results forward; the backward rounds its gradient once more), adds a causal mask instead of
+    ``masked_fill`` (cheaper, forward and backward), and drops weights with :func:`posenc.dropout.fast_dropout`.
     """
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
-    if fast:
-        scores = torch.matmul(q * scale, k.transpose(-2, -1))  # (B, H, Tq, Tk)
-    else:
-        scores = torch.matmul(q, k.transpose(-2, -1)) * scale  # (B, H, Tq, Tk)
+    scores = torch.matmul(q * scale, k.transpose(-2, -1))  # (B, H, Tq, Tk); scaling Q (Tq x Dh) is the cheaper
     if is_causal and fast and mask is not None:
         attn_mask = mask.causal_float(scores.dtype)  # an add (cached per stack) is cheaper than masked_fill
     if attn_mask is not None:

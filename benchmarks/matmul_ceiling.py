@@ -1,0 +1,134 @@
+"""How fast could one training step be if everything but its matrix products took no time?
+
+Records every matrix product (``aten::mm``, ``addmm``, ``bmm``) of one training step of a system of
+``train_speed.py`` with torch.profiler (shapes, strides and dtypes), replays exactly those products on their own,
+and compares in one run:
+
+* the measured step time and its model FLOPs utilization (MFU, ``_systems.model_flops`` over the 2048^3 matrix
+  peak of this machine in the step's precision);
+* the replayed products alone: their time, the GFLOP/s they reach at the step's shapes, and the MFU a step
+  would reach if nothing else cost anything (the *ceiling*).
+
+A ceiling below a target MFU means that no removal of overhead reaches it on this machine; only faster matrix
+kernels at these shapes (or larger shapes) would.
+
+    PYTHONPATH=src python benchmarks/matmul_ceiling.py --system posenc+fast --config base --precision bf16
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import statistics
+import sys
+import time
+
+import torch
+from torch.profiler import ProfilerActivity, profile
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from _common import add_denormal_option, apply_denormal_option, matmul_peak_gflops  # noqa: E402
+from _systems import CONFIGS, batch, make_step, model_flops  # noqa: E402
+
+_PRODUCTS = ("aten::mm", "aten::addmm", "aten::bmm")
+_DTYPES = {"float": torch.float32, "c10::BFloat16": torch.bfloat16, "c10::Half": torch.float16}
+
+
+def _record(step, src, tgt) -> list[tuple[str, list, list, list]]:
+    """(name, shapes, strides, dtypes) of every matrix product in one step."""
+    with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
+        step(src, tgt)
+    calls = []
+    for e in prof.events():
+        if e.name in _PRODUCTS:
+            calls.append((e.name, e.input_shapes, e.structured_input_strides if hasattr(e, "structured_input_strides") else [], e.input_dtypes))
+    return calls
+
+
+def _operand(shape: list[int], stride: list[int] | None, dtype: torch.dtype) -> torch.Tensor:
+    if stride and len(stride) == len(shape):
+        return torch.empty_strided(shape, stride, dtype=dtype).normal_()
+    return torch.randn(shape).to(dtype)
+
+
+def _replay(calls) -> tuple[callable, float]:
+    """A function running every recorded product once on fresh operands, and their FLOPs."""
+    jobs, flops = [], 0.0
+    for name, shapes, strides, dtypes in calls:
+        dts = [_DTYPES.get(d, torch.float32) for d in dtypes]
+        strides = list(strides) + [None] * (len(shapes) - len(strides))
+        if name == "aten::addmm":
+            args = [_operand(shapes[i], strides[i], dts[i]) for i in range(3)]
+            m, k = shapes[1]
+            flops += 2.0 * m * k * shapes[2][1]
+            jobs.append(lambda a=args: torch.addmm(*a))
+        elif name == "aten::mm":
+            args = [_operand(shapes[i], strides[i], dts[i]) for i in range(2)]
+            flops += 2.0 * shapes[0][0] * shapes[0][1] * shapes[1][1]
+            jobs.append(lambda a=args: torch.mm(*a))
+        else:
+            args = [_operand(shapes[i], strides[i], dts[i]) for i in range(2)]
+            b, m, k = shapes[0]
+            flops += 2.0 * b * m * k * shapes[1][2]
+            jobs.append(lambda a=args: torch.bmm(*a))
+
+    def run() -> None:
+        for job in jobs:
+            job()
+
+    return run, flops
+
+
+def _best(fn, reps: int) -> float:
+    fn()
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return min(times)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--system", default="posenc+fast")
+    ap.add_argument("--config", choices=sorted(CONFIGS), default="base")
+    ap.add_argument("--precision", choices=["fp32", "bf16"], default="bf16")
+    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    add_denormal_option(ap)
+    args = ap.parse_args()
+    apply_denormal_option(args)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    cfg = CONFIGS[args.config]
+    src, tgt = batch(cfg)
+    step, _ = make_step(args.system, cfg, args.precision)
+    for _ in range(2):
+        step(src, tgt)
+    calls = _record(step, src, tgt)
+    replay, flops = _replay(calls)
+    step_s = statistics.median([_best(lambda: step(src, tgt), 1) for _ in range(args.reps)])
+    ctx = torch.autocast("cpu", dtype=torch.bfloat16) if args.precision == "bf16" else contextlib.nullcontext()
+    with ctx:
+        replay_s = _best(replay, args.reps)
+    dtype = torch.bfloat16 if args.precision == "bf16" else torch.float32
+    peak = matmul_peak_gflops(dtype)[0]
+    model = model_flops(cfg)
+    tokens = cfg.batch * cfg.length
+    print(f"{args.system}, {args.config} config, {args.precision}, {torch.get_num_threads()} threads, "
+          f"denormals {args.denormals}; matrix peak (2048^3) {peak:.0f} GFLOP/s")
+    print("| | time per step | target tok/s | GFLOP/s of the products | MFU (model FLOPs / peak) |")
+    print("|---|---|---|---|---|")
+    print(f"| training step | {step_s:.3f} s | {tokens / step_s:,.0f} | {flops / step_s / 1e9:.0f} | "
+          f"{model / step_s / 1e9 / peak:.0%} |")
+    print(f"| its {len(calls)} matrix products alone | {replay_s:.3f} s | {tokens / replay_s:,.0f} | "
+          f"{flops / replay_s / 1e9:.0f} | {model / replay_s / 1e9 / peak:.0%} (ceiling) |")
+    print(f"products: {flops / 1e9:.1f} GFLOP recorded vs {model / 1e9:.1f} GFLOP in the model formula; "
+          f"share of the step: {replay_s / step_s:.0%}")
+
+
+if __name__ == "__main__":
+    main()
