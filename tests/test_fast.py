@@ -145,3 +145,19 @@ def test_training_flushes_denormals_unless_told_not_to(monkeypatch, tmp_path):
         cfg.train.run_dir = str(tmp_path / str(flag))
         loop._setup(cfg, lambda m: None, loop.Parallel(), torch.device("cpu"))
     assert calls == [True]
+
+
+def test_training_takes_the_fast_path_when_asked(tmp_path):
+    import posenc.train.loop as loop
+    from posenc.train.config import RunConfig
+
+    kinds = {}
+    for flag in (False, True):
+        cfg = RunConfig()
+        cfg.model.dropout = 0.1
+        cfg.train.fast_path = flag
+        cfg.train.run_dir = str(tmp_path / str(flag))
+        setup = loop._setup(cfg, lambda m: None, loop.Parallel(), torch.device("cpu"))
+        model = next(v for v in vars(setup).values() if isinstance(v, nn.Module))
+        kinds[flag] = {type(m) for m in model.modules()} & {nn.Dropout, FastDropout}
+    assert kinds == {False: {nn.Dropout}, True: {FastDropout}}

@@ -106,6 +106,7 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     threads: int = 1  # torch.set_num_threads (0 = torch's default); see the note above
+    fast_path: bool = False  # posenc.fast.use_fast_path: cheaper dropout masks and attention passes, same function
     flush_denormal: bool = True  # treat denormal floats as zero: bias encodings' attention runs ~1.7x faster on CPU
     run_dir: str = ""  # default: runs/<task or file>-<encoding>
     resume: str = "auto"  # auto | never | a checkpoint directory

@@ -33,7 +33,7 @@ from ..data.batch import Batch
 from ..data.dataset import Dataset
 from ..data.tokenizers import load_tokenizer
 from .checkpoint import atomic_write_text, checkpoint_dirs, latest_valid, load_checkpoint, read_state, save_checkpoint
-from ..fast import flush_denormals
+from ..fast import flush_denormals, use_fast_path
 from .config import RunConfig
 from .distributed import Parallel, SilentLog, check_global_batch, evaluate_sharded, shard_batch
 from .drift import check_resume, run_signature
@@ -133,6 +133,8 @@ def _setup(cfg: RunConfig, log: Callable[[str], None], par: Parallel, device: to
     torch.manual_seed(cfg.train.seed)
     model = build_model(cfg.model, dataset.tokenizer).to(device)
     _choose_attention(model, cfg, device)
+    if cfg.train.fast_path:
+        use_fast_path(model)
     sharded = par.active and par.mode == "fsdp"  # FSDP: weights load before sharding, optimizer state after
     if resume is not None:
         check_compatible(resume[1], cfg.model, dataset.tokenizer, str(resume[0]))
