@@ -46,3 +46,24 @@ def test_batched_positions_match_rows():
     b = enc.bias(pos, pos)
     for r in range(2):
         torch.testing.assert_close(b[r], enc.bias(pos[r], pos[r]))
+
+
+@pytest.mark.parametrize("causal", [True, False])
+@pytest.mark.parametrize("q0, tq, k0, tk", [(0, 7, 0, 7), (5, 1, 0, 6), (40, 4, 30, 14), (0, 100, 0, 100)])
+def test_toeplitz_layout_equals_the_per_pair_lookup(causal, q0, tq, k0, tk):
+    """Plain ranges below the threshold take the Toeplitz layout; the same positions given per batch row (never a
+    range) take the per-pair lookup: values and gradients must agree."""
+    enc = FIRE(num_heads=3, causal=causal)
+    q_pos, k_pos = torch.arange(q0, q0 + tq), torch.arange(k0, k0 + tk)
+    fast = enc.bias(q_pos, k_pos)  # (H, Tq, Tk)
+    slow = enc.bias(q_pos[None], k_pos[None])[0]  # (1, H, Tq, Tk) -> (H, Tq, Tk)
+    torch.testing.assert_close(fast, slow, rtol=0, atol=0)
+    g = torch.randn_like(fast)
+    params = [enc.c, enc.threshold, *enc.mlp.parameters()]
+    grads_fast = torch.autograd.grad((fast * g).sum(), params, allow_unused=True)
+    grads_slow = torch.autograd.grad((slow * g).sum(), params, allow_unused=True)
+    for a, b in zip(grads_fast, grads_slow):
+        if a is None or b is None:
+            assert a is None and b is None
+        else:
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)

@@ -16,7 +16,7 @@ from collections.abc import Callable, Hashable
 import torch
 from torch import Tensor
 
-__all__ = ["RangeCache", "as_range", "relative_distance"]
+__all__ = ["RangeCache", "as_range", "relative_distance", "toeplitz"]
 
 
 def as_range(positions: Tensor) -> tuple[int, int] | None:
@@ -37,6 +37,18 @@ def as_range(positions: Tensor) -> tuple[int, int] | None:
 def relative_distance(q_pos: Tensor, k_pos: Tensor) -> Tensor:
     """Signed ``k_pos[j] - q_pos[i]``: ``(Tq, Tk)`` for 1-D positions, ``(B, Tq, Tk)`` if either is ``(B, T)``."""
     return k_pos.unsqueeze(-2) - q_pos.unsqueeze(-1)
+
+
+def toeplitz(values: Tensor, q_len: int, k_len: int) -> Tensor:
+    """Per-distance values ``(H, Tq + Tk - 1)``, ascending in ``k - q``, laid out as ``(H, Tq, Tk)`` with
+    ``out[h, i, j] = values[h, (j - i) + Tq - 1]``.
+
+    For plain position ranges a distance-only bias needs only these Tq + Tk - 1 values; laying them out with a
+    sliding window (instead of a gather over a (Tq, Tk) index) makes the backward add up Tq + Tk - 1 diagonals
+    rather than scatter H·Tq·Tk values.
+    """
+    windows = values.unfold(-1, k_len, 1)  # (H, Tq, Tk): windows[h, r, c] = values[h, r + c]
+    return windows.flip(-2)  # row i is window Tq - 1 - i
 
 
 class RangeCache:

@@ -14,7 +14,10 @@ reimplementation). Normalizing by the query position ("progressive interpolation
 
 While every query position is below L the normalizer is the constant psi(L), the bias depends on ``j - i`` only,
 and the MLP is evaluated once per distinct distance (at most Tq + Tk - 1 of them) and gathered; otherwise it is
-evaluated on the whole (i, j) grid. The distance matrix of plain-range positions is cached. Both give the same values; gradients reach the MLP, c and L either way.
+evaluated on the whole (i, j) grid. For plain position ranges the per-distance values are laid out as a Toeplitz
+matrix (a sliding window) rather than gathered, so the backward sums diagonals instead of scattering H·Tq·Tk
+values. The distance matrix of other positions is cached. All give the same values; gradients reach the MLP, c and
+L either way.
 
 Legend: B batch, H heads, Tq / Tk query / key length, N distinct distances.
 """
@@ -26,7 +29,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .._checks import check_positive_int
-from ._relative import RangeCache, relative_distance
+from ._relative import RangeCache, as_range, relative_distance, toeplitz
 from .base import PositionalEncoding, register
 
 __all__ = ["FIRE"]
@@ -70,6 +73,9 @@ class FIRE(PositionalEncoding):
             hi = int(k_pos.max()) - int(q_pos.min())
             rel_values = torch.arange(lo, hi + 1, device=q_pos.device)  # (N,)
             table = self.mlp(self._features(rel_values, threshold))  # (N, H)
+            qr, kr = as_range(q_pos), as_range(k_pos)
+            if qr is not None and kr is not None:  # N = Tq + Tk - 1, ascending in k - q: a Toeplitz layout
+                return toeplitz(table.t(), qr[1], kr[1])  # (H, Tq, Tk)
             rel = self._cache.get(q_pos, k_pos, relative_distance)  # (Tq, Tk) or (B, Tq, Tk)
             values = F.embedding(rel - lo, table)  # (..., Tq, Tk, H)
         else:

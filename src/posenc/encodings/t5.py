@@ -20,7 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from .._checks import check_positive_int
-from ._relative import RangeCache, as_range, relative_distance
+from ._relative import RangeCache, as_range, relative_distance, toeplitz
 from .base import PositionalEncoding, register
 
 __all__ = ["T5Bias", "relative_position_bucket"]
@@ -95,8 +95,7 @@ class T5Bias(PositionalEncoding):
             rel, bidirectional=not self.causal, num_buckets=self.num_buckets, max_distance=self.max_distance
         )
         values = nn.functional.embedding(buckets, self.weight).t()  # (H, Tq + Tk - 1)
-        windows = values.unfold(-1, tk, 1)  # (H, Tq, Tk): windows[h, r, c] = values[h, r + c]
-        return windows.flip(-2)  # (H, Tq, Tk): [h, i, j] = values[h, (j - i) + Tq - 1], i.e. distance k0+j - (q0+i)
+        return toeplitz(values, tq, tk)  # (H, Tq, Tk): [h, i, j] = values[h, (j - i) + Tq - 1]
 
     def extra_repr(self) -> str:
         return f"num_heads={self.num_heads}, causal={self.causal}, num_buckets={self.num_buckets}, max_distance={self.max_distance}"
