@@ -166,3 +166,23 @@ def batch(cfg: Config, seed: int = 0) -> tuple[Tensor, Tensor]:
 
 def parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
+
+
+def add_step_options(ap, *, system: str, config: str, precision: str) -> None:
+    """``--system``, ``--config``, ``--precision`` and ``--threads``: which one training step a script looks at."""
+    ap.add_argument("--system", default=system, help="posenc, posenc+fast, posenc+compile, torch, xtransformers")
+    ap.add_argument("--config", choices=sorted(CONFIGS), default=config)
+    ap.add_argument("--precision", choices=["fp32", "bf16"], default=precision)
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+
+
+def warm_step(args, warmup: int = 2) -> tuple[Callable[[Tensor, Tensor], float], Tensor, Tensor, Config]:
+    """The training step picked by :func:`add_step_options`, its batch and config, after ``warmup`` steps."""
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    cfg = CONFIGS[args.config]
+    src, tgt = batch(cfg)
+    step, _ = make_step(args.system, cfg, args.precision)
+    for _ in range(warmup):
+        step(src, tgt)
+    return step, src, tgt, cfg

@@ -30,7 +30,7 @@ from torch.profiler import ProfilerActivity, profile
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from _common import add_denormal_option, apply_denormal_option, matmul_peak_gflops  # noqa: E402
-from _systems import CONFIGS, batch, make_step, model_flops  # noqa: E402
+from _systems import add_step_options, model_flops, warm_step  # noqa: E402
 
 _PRODUCTS = ("aten::mm", "aten::addmm", "aten::bmm")
 _DTYPES = {"float": torch.float32, "c10::BFloat16": torch.bfloat16, "c10::Half": torch.float16}
@@ -93,21 +93,12 @@ def _best(fn, reps: int) -> float:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--system", default="posenc+fast")
-    ap.add_argument("--config", choices=sorted(CONFIGS), default="base")
-    ap.add_argument("--precision", choices=["fp32", "bf16"], default="bf16")
+    add_step_options(ap, system="posenc+fast", config="base", precision="bf16")
     ap.add_argument("--reps", type=int, default=3)
-    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     add_denormal_option(ap)
     args = ap.parse_args()
     apply_denormal_option(args)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    cfg = CONFIGS[args.config]
-    src, tgt = batch(cfg)
-    step, _ = make_step(args.system, cfg, args.precision)
-    for _ in range(2):
-        step(src, tgt)
+    step, src, tgt, cfg = warm_step(args)
     calls = _record(step, src, tgt)
     replay, flops = _replay(calls)
     step_s = statistics.median([_best(lambda: step(src, tgt), 1) for _ in range(args.reps)])

@@ -14,25 +14,16 @@ from torch.profiler import ProfilerActivity, profile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from _systems import CONFIGS, batch, make_step  # noqa: E402
+from _systems import add_step_options, warm_step  # noqa: E402
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--system", default="posenc")
-    ap.add_argument("--config", choices=sorted(CONFIGS), default="small")
-    ap.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
+    add_step_options(ap, system="posenc", config="small", precision="fp32")
     ap.add_argument("--steps", type=int, default=3)
-    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     ap.add_argument("--rows", type=int, default=30)
     args = ap.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    cfg = CONFIGS[args.config]
-    src, tgt = batch(cfg)
-    step, _ = make_step(args.system, cfg, args.precision)
-    for _ in range(2):
-        step(src, tgt)
+    step, src, tgt, _ = warm_step(args)
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         for _ in range(args.steps):
             step(src, tgt)
