@@ -201,3 +201,51 @@ def test_causal_float_mask_in_query_chunks_equals_one_call(monkeypatch, q_len, k
     torch.testing.assert_close(out2, out1, atol=1e-5, rtol=1e-5)
     for g2, g1 in zip(grads2, grads1):
         torch.testing.assert_close(g2, g1, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("padded,cached", [(False, 0), (True, 0), (False, 9)])
+def test_value_term_encodings_attend_in_query_chunks_exactly(monkeypatch, padded, cached):
+    # Shaw's value term needs the weights: causal attention runs the math path by chunks of queries over the
+    # keys each chunk can see. Outputs and gradients must equal one pass over everything.
+    import posenc.attention as attention
+    from posenc.encodings import build
+
+    torch.manual_seed(0)
+    attn = MultiHeadAttention(d_model=16, num_heads=2, encoding=build("shaw:max_distance=3", head_dim=8))
+    tq = 40
+    x = torch.randn(2, tq, 16)
+    tk = tq + cached
+    pad = None
+    if padded:
+        pad = torch.zeros(2, tk, dtype=torch.bool)
+        pad[1, :5] = True
+    mask = build_mask(None, pad, causal=True, batch=2, heads=2, q_len=tq, k_len=tk)
+    q_pos = torch.arange(cached, tk)
+    k_pos = torch.arange(tk)
+    def run(chunk):
+        monkeypatch.setattr(attention, "MATH_CHUNK", chunk)
+        attn.zero_grad()
+        xx = x.clone().requires_grad_()
+        if cached:  # keys and values of earlier positions, as a cache holds them
+            from posenc.cache import LayerCache
+
+            cache = LayerCache()
+            torch.manual_seed(1)
+            attn(torch.randn(2, cached, 16), cache=cache, mask=build_mask(causal=True, batch=2, heads=2, q_len=cached, k_len=cached))
+            out = attn(xx, mask=mask, q_pos=q_pos, k_pos=k_pos, cache=cache)
+        else:
+            out = attn(xx, mask=mask, q_pos=q_pos, k_pos=k_pos)
+        out.pow(2).sum().backward()
+        return out, [xx.grad] + [p.grad.clone() for p in attn.parameters()]
+
+    calls = []
+    real = MultiHeadAttention._attend_positions
+    monkeypatch.setattr(MultiHeadAttention, "_attend_positions", lambda self, q, *a: calls.append(q.shape[-2]) or real(self, q, *a))
+    out1, grads1 = run(10**9)
+    assert calls[-1] == tq
+    calls.clear()
+    out2, grads2 = run(16)
+    assert calls[-3:] == [16, 16, 8]
+    torch.testing.assert_close(out2, out1, atol=1e-5, rtol=1e-5)
+    for g2, g1 in zip(grads2, grads1):
+        torch.testing.assert_close(g2, g1, atol=1e-5, rtol=1e-5)
