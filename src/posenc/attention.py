@@ -249,6 +249,7 @@ class MultiHeadAttention(nn.Module):
         only the keys it can see: 5/8 of the work at T = 512 (see :func:`_causal_chunks`). Same result."""
         tq = q.shape[-2]
         offset, outs = k.shape[-2] - tq, []
+        q, k, v = q.contiguous(), k.contiguous(), v.contiguous()  # once, rather than a copy per chunk in matmul
         for a in range(0, tq, MATH_CHUNK):
             b = min(tq, a + MATH_CHUNK)
             end = b + offset
