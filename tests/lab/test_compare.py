@@ -120,3 +120,22 @@ def test_parse_lengths():
     assert parse_lengths(["1-3", "10", "2"]) == [1, 2, 3, 10]
     with pytest.raises(ValueError, match="21-40"):
         parse_lengths(["twenty"])
+
+
+def test_compare_threads_setting_flushes_denormals_and_checks_the_count():
+    import pytest
+    import torch
+
+    from posenc.commands.compare import set_threads
+    from posenc.fast import flush_denormals
+
+    flush_denormals(False)
+    threads = torch.get_num_threads()
+    try:
+        set_threads(0)  # 0 keeps torch's thread count
+        assert torch.get_num_threads() == threads
+        assert (torch.tensor([1e-39]) * 1.0).item() == 0.0
+        with pytest.raises(ValueError, match="-1"):
+            set_threads(-1)
+    finally:
+        flush_denormals(False)
