@@ -115,7 +115,7 @@ def _math_attention(
     if is_causal and fast and mask is not None:
         attn_mask = mask.causal_float(scores.dtype)  # an add (cached per stack) is cheaper than masked_fill
     if attn_mask is not None:
-        scores = scores + attn_mask
+        scores = scores.add_(attn_mask)  # in place: the product's output is not saved for its backward
     elif is_causal:
         blocked = causal_blocked(q.shape[-2], k.shape[-2], q.device)
         scores = scores.masked_fill(blocked, neg_large(scores.dtype))
