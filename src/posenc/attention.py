@@ -242,6 +242,17 @@ class MultiHeadAttention(nn.Module):
                 out = out + extra
         return out, weights  # (B, H, Tq, Dh), (B, H, Tq, Tk) or None
 
+    def _encoding_attention(
+        self, q: Tensor, k: Tensor, v: Tensor, mask: AttentionMask | None, q_pos: Tensor | None,
+        k_pos: Tensor | None, p: float,
+    ) -> Tensor | None:
+        """The encoding's own causal attention, when it has one and the call is plain causal inference."""
+        enc = self.encoding
+        if (self.cross or not enc.uses_causal_attention or self.use_math or self.capture_weights or p > 0
+                or torch.is_grad_enabled() or mask is None or not mask.causal_only or q_pos is None or k_pos is None):
+            return None
+        return enc.causal_attention(q, k, v, q_pos, k_pos)
+
     def _attend_in_chunks(
         self, q: Tensor, k: Tensor, v: Tensor, mask: AttentionMask, q_pos: Tensor, k_pos: Tensor, p: float
     ) -> Tensor:
@@ -286,7 +297,10 @@ class MultiHeadAttention(nn.Module):
                     k, v = cache.self_kv.append(k, v)
         p = self.dropout if self.training else 0.0
         tq = q.shape[-2]
-        if (not self.cross and enc.uses_value_term and not self.capture_weights and mask is not None and mask.causal
+        out = self._encoding_attention(q, k, v, mask, q_pos, k_pos, p)
+        if out is not None:
+            weights = None
+        elif (not self.cross and enc.uses_value_term and not self.capture_weights and mask is not None and mask.causal
                 and tq > MATH_CHUNK):
             out, weights = self._attend_in_chunks(q, k, v, mask, q_pos, k_pos, p), None
         else:

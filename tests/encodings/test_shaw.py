@@ -22,7 +22,8 @@ def _reference(
     for i in range(t):
         for bb in range(b):
             rel = (pos[bb] - pos[bb, i]).clamp(-kk, kk) + kk  # (T,)
-            a_k, a_v = enc.key_table[rel], enc.value_table[rel]  # (T, Dh)
+            a_k = enc.key_table[rel]  # (T, Dh)
+            a_v = enc.value_table[rel] if enc.value_table is not None else torch.zeros_like(a_k)
             e = torch.einsum("hd,jhd->hj", q[bb, :, i], k[bb].transpose(0, 1) + a_k[:, None]) / math.sqrt(dh)
             if causal:
                 e[:, i + 1 :] = float("-inf")
@@ -51,6 +52,66 @@ def test_range_positions_match_pairwise_reference(causal):
     mask = build_mask(causal=causal, batch=2, heads=2, q_len=40, k_len=40)
     got = attn(x, mask=mask, q_pos=pos)
     torch.testing.assert_close(got, _reference(attn, enc, x, pos.expand(2, 40), causal), atol=1e-5, rtol=1e-5)
+
+
+# (length, k, values): the far keys through the fused kernel and the k near ones by hand, lengths that are and
+# are not multiples of the strip block, shorter than k (no far keys), k = 1 (only the diagonal is near).
+ROUTE_CASES = [(40, 3, True), (40, 3, False), (64, 4, True), (33, 1, True), (5, 16, True), (70, 32, False)]
+
+
+@pytest.mark.parametrize("t, k, values", ROUTE_CASES)
+def test_causal_inference_route_matches_pairwise_reference(t, k, values, monkeypatch):
+    """In causal inference attention asks the encoding first, and Shaw's banded route is exact."""
+    enc = Shaw(head_dim=8, max_distance=k, values=values, init_std=0.5)
+    attn = MultiHeadAttention(d_model=16, num_heads=2, encoding=enc).eval()
+    answers = []
+    original = Shaw.causal_attention
+    monkeypatch.setattr(Shaw, "causal_attention", lambda *a: answers.append(original(*a)) or answers[-1])
+    x, pos = torch.randn(2, t, 16), torch.arange(7, 7 + t)
+    mask = build_mask(causal=True, batch=2, heads=2, q_len=t, k_len=t)
+    with torch.no_grad():
+        got = attn(x, mask=mask, q_pos=pos)
+        want = _reference(attn, enc, x, pos.expand(2, t))
+    assert len(answers) == 1 and answers[0] is not None
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+
+
+def test_causal_inference_route_in_bf16_matches_the_generic_path():
+    torch.manual_seed(0)
+    attn = MultiHeadAttention(d_model=32, num_heads=2, encoding=Shaw(head_dim=16, max_distance=4, init_std=0.5))
+    attn = attn.eval().to(torch.bfloat16)
+    x = torch.randn(2, 50, 32, dtype=torch.bfloat16)
+    mask = build_mask(causal=True, batch=2, heads=2, q_len=50, k_len=50)
+    with torch.no_grad():
+        fast = attn(x, mask=mask)
+    generic = attn(x, mask=mask)  # gradients enabled: the generic (chunked math) path
+    torch.testing.assert_close(fast.float(), generic.float(), atol=0.02, rtol=0.02)
+
+
+def test_causal_inference_route_only_when_it_applies(monkeypatch):
+    """Not asked with dropout in training, with gradients, with padding or without a causal mask; declines batched positions
+    and queries that are not the keys (a cache); the generic path then gives the result."""
+    calls = []
+    original = Shaw.causal_attention
+    monkeypatch.setattr(Shaw, "causal_attention", lambda *a: calls.append(1) or original(*a))
+    enc = Shaw(head_dim=8, max_distance=3)
+    attn = MultiHeadAttention(d_model=16, num_heads=2, dropout=0.1, encoding=enc)
+    x = torch.randn(2, 9, 16)
+    causal = build_mask(causal=True, batch=2, heads=2, q_len=9, k_len=9)
+    padded = build_mask(key_padding_mask=torch.tensor([[False] * 8 + [True]] * 2), causal=True, batch=2, heads=2,
+                        q_len=9, k_len=9)
+    attn.train()
+    with torch.no_grad():
+        attn(x, mask=causal)  # training: dropout on the weights
+    attn.eval()
+    attn(x, mask=causal)  # gradients enabled
+    with torch.no_grad():
+        attn(x, mask=padded)
+        attn(x, mask=build_mask(causal=False, batch=2, heads=2, q_len=9, k_len=9))
+    assert calls == []
+    q = k = v = torch.randn(2, 2, 9, 8)
+    assert enc.causal_attention(q, k, v, torch.arange(9).expand(2, 9), torch.arange(9).expand(2, 9)) is None
+    assert enc.causal_attention(q[:, :, :3], k, v, torch.arange(6, 9), torch.arange(9)) is None
 
 
 def _weights(b: int, h: int, tq: int, tk: int, causal: bool) -> torch.Tensor:

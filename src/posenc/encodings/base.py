@@ -8,10 +8,11 @@ encoding it holds, and never branches on an encoding's name:
 * ``bias(q_pos, k_pos)`` -- additive encodings return a logits bias ``(H, Tq, Tk)`` or ``(B, H, Tq, Tk)``
   (ALiBi, T5, Kerple, FIRE).
 
-Three smaller hooks serve the families that need them: ``prepare_positions`` lets an encoding replace the
+Four smaller hooks serve the families that need them: ``prepare_positions`` lets an encoding replace the
 positions of a whole forward pass once (randomized positions); ``content_bias`` adds a logits bias that depends
 on the queries (Shaw et al.'s relative keys, q_i . a_ij); ``value_term`` adds a term computed from the attention
-weights (Shaw et al.'s relative values; attention then takes its plain math path).
+weights (Shaw et al.'s relative values; attention then takes its plain math path); ``causal_attention`` lets an
+encoding compute causal self-attention in inference itself when it knows an exact, cheaper way (Shaw again).
 
 The defaults are identities, so the base class *is* NoPE. Positions are explicit integer tensors,
 ``(T,)`` or ``(B, T)``, everywhere.
@@ -87,6 +88,16 @@ class PositionalEncoding(nn.Module):
         """Extra output from attention weights ``(B, H, Tq, Tk)`` -> ``(B, H, Tq, Dh)``, or None."""
         return None
 
+    def causal_attention(self, q: Tensor, k: Tensor, v: Tensor, q_pos: Tensor, k_pos: Tensor) -> Tensor | None:
+        """Causal self-attention with this encoding's terms, ``(B, H, T, Dh)`` each -> ``(B, H, T, Dh)``, or None.
+
+        Attention asks this first only in inference -- no gradients, no dropout, a square causal mask and nothing
+        else masked -- and does the work itself when it gets None. An encoding answers when it knows an exact way
+        cheaper than the generic one (Shaw et al.'s terms are constant away from the diagonal, so most of the
+        keys can go through the fused kernel without a mask).
+        """
+        return None
+
     # -- what the encoding changes about the model -------------------------------------------------------
     def input_width(self, d_model: int) -> int:
         """Width of the token embeddings ``embed`` expects (less than ``d_model`` when concatenating)."""
@@ -111,6 +122,10 @@ class PositionalEncoding(nn.Module):
     @property
     def uses_value_term(self) -> bool:
         return type(self).value_term is not PositionalEncoding.value_term
+
+    @property
+    def uses_causal_attention(self) -> bool:
+        return type(self).causal_attention is not PositionalEncoding.causal_attention
 
     @property
     def uses_prepare_positions(self) -> bool:

@@ -102,6 +102,9 @@ class Randomized(PositionalEncoding):
     def value_term(self, weights: Tensor, q_pos: Tensor, k_pos: Tensor) -> Tensor | None:
         return self.inner.value_term(weights, q_pos, k_pos)
 
+    def causal_attention(self, q: Tensor, k: Tensor, v: Tensor, q_pos: Tensor, k_pos: Tensor) -> Tensor | None:
+        return self.inner.causal_attention(q, k, v, q_pos, k_pos)
+
     def input_width(self, d_model: int) -> int:
         return self.inner.input_width(d_model)
 
@@ -124,6 +127,10 @@ class Randomized(PositionalEncoding):
     @property
     def uses_value_term(self) -> bool:
         return self.inner.uses_value_term
+
+    @property
+    def uses_causal_attention(self) -> bool:
+        return self.inner.uses_causal_attention
 
     @property
     def uses_prepare_positions(self) -> bool:
