@@ -119,7 +119,11 @@ def build(system: str, cfg: Config) -> nn.Module:
     if system == "torch":
         return TorchSeq2Seq(cfg)
     if system == "xtransformers":
-        from x_transformers import XTransformer
+        try:
+            from x_transformers import XTransformer
+        except ImportError as err:
+            raise SystemExit('system "xtransformers" needs the bench extra: pip install -e ".[bench]" '
+                             "(or leave it out of --systems)") from err
 
         common = dict(depth=cfg.layers, heads=cfg.heads, num_tokens=cfg.vocab, attn_dropout=cfg.dropout,
                       ff_dropout=cfg.dropout, emb_dropout=cfg.dropout, attn_flash=True, scaled_sinu_pos_emb=True)

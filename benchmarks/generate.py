@@ -88,7 +88,7 @@ def build(seed: int = 0) -> dict[str, Callable[[Tensor], object]]:
     try:
         from x_transformers import XTransformer
     except ImportError:
-        print("x-transformers is not installed: skipping it")
+        print('x-transformers is not installed (pip install -e ".[bench]"): skipping it')
         return runners
     xt = XTransformer(
         dim=D, enc_num_tokens=VOCAB, enc_depth=LAYERS, enc_heads=HEADS, enc_max_seq_len=SRC_LEN, enc_ff_mult=FF // D,
