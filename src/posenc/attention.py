@@ -246,10 +246,10 @@ class MultiHeadAttention(nn.Module):
         self, q: Tensor, k: Tensor, v: Tensor, mask: AttentionMask | None, q_pos: Tensor | None,
         k_pos: Tensor | None, p: float,
     ) -> Tensor | None:
-        """The encoding's own causal attention, when it has one and the call is plain causal inference."""
+        """The encoding's own causal attention, when it has one and the call is plainly causal, without dropout."""
         enc = self.encoding
         if (self.cross or not enc.uses_causal_attention or self.use_math or self.capture_weights or p > 0
-                or torch.is_grad_enabled() or mask is None or not mask.causal_only or q_pos is None or k_pos is None):
+                or mask is None or not mask.causal_only or q_pos is None or k_pos is None):
             return None
         return enc.causal_attention(q, k, v, q_pos, k_pos)
 

@@ -6,6 +6,7 @@ import torch
 from posenc import attention
 from posenc.attention import MultiHeadAttention, build_mask
 from posenc.encodings import Shaw, build
+from posenc.encodings._shaw_banded import banded_causal_attention
 from posenc.encodings.shaw import _Collect, _RangeLayout, _Spread
 
 
@@ -77,6 +78,7 @@ def test_causal_inference_route_matches_pairwise_reference(t, k, values, monkeyp
 
 
 def test_causal_inference_route_in_bf16_matches_the_generic_path():
+    """bf16 with gradients declines the route (the fused kernel's bf16 backward is slow on CPU): the reference."""
     torch.manual_seed(0)
     attn = MultiHeadAttention(d_model=32, num_heads=2, encoding=Shaw(head_dim=16, max_distance=4, init_std=0.5))
     attn = attn.eval().to(torch.bfloat16)
@@ -88,9 +90,9 @@ def test_causal_inference_route_in_bf16_matches_the_generic_path():
     torch.testing.assert_close(fast.float(), generic.float(), atol=0.02, rtol=0.02)
 
 
-def test_causal_inference_route_only_when_it_applies(monkeypatch):
-    """Not asked with dropout in training, with gradients, with padding or without a causal mask; declines batched positions
-    and queries that are not the keys (a cache); the generic path then gives the result."""
+def test_causal_route_only_when_it_applies(monkeypatch):
+    """Not asked with dropout, with padding or without a causal mask; declines batched positions, queries that
+    are not the keys (a cache) and bf16 with gradients; the generic path then gives the result."""
     calls = []
     original = Shaw.causal_attention
     monkeypatch.setattr(Shaw, "causal_attention", lambda *a: calls.append(1) or original(*a))
@@ -101,17 +103,60 @@ def test_causal_inference_route_only_when_it_applies(monkeypatch):
     padded = build_mask(key_padding_mask=torch.tensor([[False] * 8 + [True]] * 2), causal=True, batch=2, heads=2,
                         q_len=9, k_len=9)
     attn.train()
-    with torch.no_grad():
-        attn(x, mask=causal)  # training: dropout on the weights
+    attn(x, mask=causal)  # dropout on the weights
     attn.eval()
-    attn(x, mask=causal)  # gradients enabled
-    with torch.no_grad():
-        attn(x, mask=padded)
-        attn(x, mask=build_mask(causal=False, batch=2, heads=2, q_len=9, k_len=9))
+    attn(x, mask=padded)
+    attn(x, mask=build_mask(causal=False, batch=2, heads=2, q_len=9, k_len=9))
     assert calls == []
     q = k = v = torch.randn(2, 2, 9, 8)
     assert enc.causal_attention(q, k, v, torch.arange(9).expand(2, 9), torch.arange(9).expand(2, 9)) is None
     assert enc.causal_attention(q[:, :, :3], k, v, torch.arange(6, 9), torch.arange(9)) is None
+    half = q.bfloat16()
+    assert enc.causal_attention(half, half, half, torch.arange(9), torch.arange(9)) is None  # gradients enabled
+    with torch.no_grad():
+        assert enc.causal_attention(half, half, half, torch.arange(9), torch.arange(9)) is not None
+
+
+# (length, k, values): blocks of 32 rows and more, T < k, k = 1, and k - 1 larger than a block of rows.
+GRAD_CASES = [(12, 3, True), (12, 3, False), (40, 2, True), (5, 8, True), (9, 1, True), (45, 40, True)]
+
+
+@pytest.mark.parametrize("t, k, values", GRAD_CASES)
+def test_banded_attention_gradients(t, k, values):
+    """The hand-written backward (the fused kernel's for far keys, the band by hand) against finite differences."""
+    torch.manual_seed(0)
+    q, key, v = (torch.randn(1, 2, t, 3, dtype=torch.float64, requires_grad=True) for _ in range(3))
+    key_table = torch.randn(2 * k + 1, 3, dtype=torch.float64, requires_grad=True)
+    value_table = torch.randn(2 * k + 1, 3, dtype=torch.float64, requires_grad=True) if values else None
+    inputs = (q, key, v, key_table) + ((value_table,) if values else ())
+
+    def fn(*xs):
+        return banded_causal_attention(*xs[:4], xs[4] if values else None, k)
+
+    assert torch.autograd.gradcheck(fn, inputs, fast_mode=t > 20)
+
+
+def test_training_takes_the_banded_route_with_the_generic_paths_gradients(monkeypatch):
+    """Without dropout, training (fp32) goes through the banded attention; values and gradients of the input and
+    every parameter equal the math path's."""
+    torch.manual_seed(0)
+    enc = Shaw(head_dim=16, max_distance=4, init_std=0.5)
+    attn = MultiHeadAttention(d_model=32, num_heads=2, encoding=enc).train()
+    x = torch.randn(2, 70, 32, requires_grad=True)
+    mask = build_mask(causal=True, batch=2, heads=2, q_len=70, k_len=70)
+    answers = []
+    original = Shaw.causal_attention
+    monkeypatch.setattr(Shaw, "causal_attention", lambda *a: answers.append(original(*a)) or answers[-1])
+    out = attn(x, mask=mask)
+    assert len(answers) == 1 and answers[0] is not None
+    g = torch.randn_like(out)
+    grads = torch.autograd.grad(out, [x, *attn.parameters()], g)
+    attn.use_math = True
+    want = attn(x, mask=mask)
+    want_grads = torch.autograd.grad(want, [x, *attn.parameters()], g)
+    torch.testing.assert_close(out, want, atol=1e-5, rtol=1e-5)
+    for got, ref in zip(grads, want_grads):
+        torch.testing.assert_close(got, ref, atol=1e-4, rtol=1e-4)
 
 
 def _weights(b: int, h: int, tq: int, tk: int, causal: bool) -> torch.Tensor:
@@ -191,12 +236,14 @@ def test_spread_and_collect_are_adjoint_with_second_derivatives():
 
 
 def test_keys_only_keeps_the_fused_path(monkeypatch):
-    """``values=False`` needs no attention weights, so attention never takes its math path."""
+    """``values=False`` needs no attention weights, so attention never takes its math path (a padded causal mask:
+    the generic path, not Shaw's own causal attention)."""
     calls = []
     original = attention._math_attention
     monkeypatch.setattr(attention, "_math_attention", lambda *a, **kw: calls.append(1) or original(*a, **kw))
     x = torch.randn(2, 9, 16)
-    mask = build_mask(causal=True, batch=2, heads=2, q_len=9, k_len=9)
+    mask = build_mask(key_padding_mask=torch.tensor([[False] * 9, [False] * 7 + [True] * 2]), causal=True, batch=2,
+                      heads=2, q_len=9, k_len=9)
     keys_only = MultiHeadAttention(d_model=16, num_heads=2, encoding=Shaw(head_dim=8, values=False))
     keys_only(x, mask=mask).sum().backward()
     assert not keys_only.encoding.uses_value_term and calls == []

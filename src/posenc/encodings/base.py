@@ -12,7 +12,7 @@ Four smaller hooks serve the families that need them: ``prepare_positions`` lets
 positions of a whole forward pass once (randomized positions); ``content_bias`` adds a logits bias that depends
 on the queries (Shaw et al.'s relative keys, q_i . a_ij); ``value_term`` adds a term computed from the attention
 weights (Shaw et al.'s relative values; attention then takes its plain math path); ``causal_attention`` lets an
-encoding compute causal self-attention in inference itself when it knows an exact, cheaper way (Shaw again).
+encoding compute causal self-attention without dropout itself when it knows an exact, cheaper way (Shaw again).
 
 The defaults are identities, so the base class *is* NoPE. Positions are explicit integer tensors,
 ``(T,)`` or ``(B, T)``, everywhere.
@@ -91,10 +91,10 @@ class PositionalEncoding(nn.Module):
     def causal_attention(self, q: Tensor, k: Tensor, v: Tensor, q_pos: Tensor, k_pos: Tensor) -> Tensor | None:
         """Causal self-attention with this encoding's terms, ``(B, H, T, Dh)`` each -> ``(B, H, T, Dh)``, or None.
 
-        Attention asks this first only in inference -- no gradients, no dropout, a square causal mask and nothing
-        else masked -- and does the work itself when it gets None. An encoding answers when it knows an exact way
-        cheaper than the generic one (Shaw et al.'s terms are constant away from the diagonal, so most of the
-        keys can go through the fused kernel without a mask).
+        Attention asks this first only when there is no dropout and the mask is square, causal and nothing else,
+        and does the work itself when it gets None. An encoding answers when it knows an exact way cheaper than
+        the generic one (Shaw et al.'s terms are constant away from the diagonal, so most of the keys can go
+        through the fused kernel without a mask); the result must be differentiable if gradients are enabled.
         """
         return None
 

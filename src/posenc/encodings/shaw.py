@@ -22,9 +22,10 @@ fall in bucket 0 and those far to the right in bucket 2k, so those parts are bro
 the general path (spread bit for bit; collect up to the order of a sum), in a third (key term) to a half (value term)
 of the time at T=512 on CPU, forward and backward, with no (Tq, Tk) temporary beyond the result. The clipped indices of plain ranges are cached.
 
-In inference under a plain causal mask, ``causal_attention`` avoids the math path altogether (see
-:func:`_banded_causal_attention`): shifting a^K by a^K_0 changes every logit of a row by the same q_i . a^K_0,
-which softmax ignores, so the keys farther than k to the left need no bias at all and go through the fused kernel.
+Under a plain causal mask without dropout, ``causal_attention`` avoids the math path altogether (see
+``_shaw_banded``): shifting a^K by a^K_0 changes every logit of a row by the same q_i . a^K_0, which softmax
+ignores, so the keys farther than k to the left need no bias at all and go through the fused kernel, forward and
+backward.
 
 Legend: B batch, H heads, Tq / Tk query / key length, Dh head width, R = 2k + 1 relative buckets.
 """
@@ -42,6 +43,7 @@ from torch import Tensor, nn
 
 from .._checks import check_positive_int
 from ._relative import RangeCache, as_range, relative_distance
+from ._shaw_banded import banded_causal_attention
 from .base import PositionalEncoding, register
 
 __all__ = ["Shaw"]
@@ -132,91 +134,6 @@ class _Collect(torch.autograd.Function):
         return _Spread.apply(grad, ctx.layout), None
 
 
-#: Queries per block when ``_banded_causal_attention`` computes the near logits (a strip of ``block + k - 1`` keys).
-_STRIP_BLOCK = 32
-
-
-def _strips(x: Tensor, band: int) -> tuple[Tensor, int]:
-    """Rows of ``x`` ``(B, H, T, Dh)`` as blocks: ``(B, H, nb, Dh, w)`` windows of ``w = n + band - 1`` rows
-    (block i's keys ``i n - band + 1 .. i n + n - 1``, zero before the first and after the last), and ``nb``."""
-    t, n = x.shape[2], _STRIP_BLOCK
-    blocks = -(-t // n)
-    return F.pad(x, (0, 0, band - 1, blocks * n - t)).unfold(2, n + band - 1, n), blocks
-
-
-def _diagonal(full: Tensor, band: int) -> Tensor:
-    """The band ``r, r .. r + band - 1`` of each block ``(B, H, nb, n, w)`` (contiguous), as a strided view."""
-    b_, h, blocks, n, w = full.shape
-    s = full.stride()
-    return full.as_strided((b_, h, blocks, n, band), (s[0], s[1], s[2], w + 1, 1))  # (B, H, nb, n, band)
-
-
-def _near_logits(q: Tensor, k: Tensor, band: int) -> Tensor:
-    """``out[..., p, d] = q_p . k_(p - band + 1 + d)``: each query against its ``band`` nearest keys up to itself.
-
-    ``(B, H, T, Dh)`` x2 -> ``(B, H, T, band)``; keys before the first are zero padding. Computed as one batched
-    product per block of n queries against the ``n + band - 1`` keys it can need, whose diagonal band is kept.
-    """
-    b_, h, t, dh = q.shape
-    strips, blocks = _strips(k, band)  # (B, H, nb, Dh, w)
-    n = _STRIP_BLOCK
-    qb = (F.pad(q, (0, 0, 0, blocks * n - t)) if blocks * n > t else q).reshape(b_, h, blocks, n, dh)
-    full = torch.matmul(qb, strips).contiguous()  # (B, H, nb, n, w)
-    return _diagonal(full, band).reshape(b_, h, blocks * n, band)[:, :, :t]  # (B, H, T, band)
-
-
-def _near_values(weights: Tensor, v: Tensor) -> Tensor:
-    """``out[..., p, :] = sum_d weights[..., p, d] v_(p - band + 1 + d)``, the adjoint layout of ``_near_logits``."""
-    b_, h, t, band = weights.shape
-    strips, blocks = _strips(v, band)  # (B, H, nb, Dh, w)
-    n = _STRIP_BLOCK
-    full = weights.new_zeros(b_, h, blocks, n, n + band - 1)  # (B, H, nb, n, w)
-    pad = blocks * n - t
-    _diagonal(full, band).copy_((F.pad(weights, (0, 0, 0, pad)) if pad else weights).reshape(b_, h, blocks, n, band))
-    out = torch.matmul(full, strips.transpose(-1, -2))  # (B, H, nb, n, Dh)
-    return out.view(b_, h, blocks * n, -1)[:, :, :t]  # (B, H, T, Dh)
-
-
-def _banded_causal_attention(
-    q: Tensor, k: Tensor, v: Tensor, key_table: Tensor, value_table: Tensor | None, max_distance: int
-) -> Tensor:
-    """Causal self-attention with Shaw et al.'s key and value terms, exact, without a (T, T) bias or weights.
-
-    With a^K_b replaced by a^K_b - a^K_0 every logit of row i moves by q_i . a^K_0, which softmax cancels. Then
-    the keys at distance k or more to the left (bucket 0) carry no bias at all: query p attends to keys
-    ``[0, p - k]`` through the fused causal kernel (queries shifted by k against the keys), which also reports
-    each row's log-sum-exp. The k nearest keys ``(p - k, p]`` (buckets 1 .. k, distance -(k-1) .. 0) are done by
-    hand, ``(B, H, T, k)``. The two softmax pieces merge through their log-sum-exps, as blockwise attention
-    does; the value term is the band's weights times a^V_1..k plus the far keys' whole mass times a^V_0.
-    """
-    t, kk = q.shape[2], max_distance
-    scale = 1.0 / math.sqrt(q.shape[-1])
-    shifted = (key_table[1 : kk + 1] - key_table[:1]).to(q.dtype)  # (k, Dh): a^K_b - a^K_0 for buckets 1..k
-    near = (_near_logits(q, k, kk) + torch.matmul(q, shifted.t())).float() * scale  # (B, H, T, k): bucket d + 1
-    if kk > 1:  # keys before the first: row p < k - 1 has k - 1 - p of them
-        rows = min(t, kk - 1)
-        before = torch.arange(kk) < (kk - 1) - torch.arange(rows)[:, None]  # (rows, k)
-        near[:, :, :rows].masked_fill_(before, -math.inf)
-    top = near.amax(dim=-1)  # (B, H, T): finite, every query sees its own key
-    weights = near.sub_(top.unsqueeze(-1)).exp_()  # (B, H, T, k), unnormalized
-    total = top + weights.sum(dim=-1).log()  # (B, H, T): log-sum-exp of the near keys, then of all keys
-    if t > kk:  # query p >= k over keys [0, p - k]: a square causal problem of T - k rows
-        out_far, lse_far = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
-            q[:, :, kk:], k[:, :, : t - kk], v[:, :, : t - kk], 0.0, True, scale=scale)  # (B, H, T-k, Dh), (B, H, T-k)
-        total[:, :, kk:] = torch.logaddexp(total[:, :, kk:], lse_far)
-        far = torch.exp(lse_far - total[:, :, kk:]).unsqueeze(-1)  # (B, H, T-k, 1): weight mass of keys [0, p-k]
-    weights *= torch.exp(top - total).unsqueeze(-1)  # normalized over all keys
-    out = _near_values(weights.to(v.dtype), v).float()  # (B, H, T, Dh)
-    if t > kk:
-        out[:, :, kk:] += far * out_far
-    if value_table is not None:
-        table = value_table.float()
-        out += torch.matmul(weights, table[1 : kk + 1])
-        if t > kk:
-            out[:, :, kk:] += far * table[0]
-    return out.to(q.dtype)  # (B, H, T, Dh)
-
-
 @register("shaw")
 class Shaw(PositionalEncoding):
     """Clipped relative position embeddings on keys and values."""
@@ -285,7 +202,9 @@ class Shaw(PositionalEncoding):
         qr, kr = as_range(q_pos), as_range(k_pos)
         if qr is None or qr != kr or q.shape[-2] != k.shape[-2] or q.device.type != "cpu":
             return None  # the fused kernel that reports its log-sum-exp is CPU's; other devices: the generic path
-        return _banded_causal_attention(q, k, v, self.key_table, self.value_table, self.max_distance)
+        if torch.is_grad_enabled() and q.dtype not in (torch.float32, torch.float64):
+            return None  # the fused kernel's bf16/fp16 backward is slower on CPU than the math path
+        return banded_causal_attention(q, k, v, self.key_table, self.value_table, self.max_distance)
 
     def extra_repr(self) -> str:
         return f"head_dim={self.head_dim}, max_distance={self.max_distance}, values={self.values}"
