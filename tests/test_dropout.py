@@ -1,7 +1,8 @@
 import pytest
 import torch
 
-from posenc.dropout import FastDropout, fast_dropout, keep_mask, quantized_p
+from posenc import dropout
+from posenc.dropout import FastDropout, fast_dropout, keep_mask, quantized_p, random_words
 
 
 def test_quantized_p_is_a_multiple_of_two_to_the_minus_16():
@@ -30,6 +31,31 @@ def test_mask_entries_are_independent_and_seeded():
     a = keep_mask((7, 9), p)
     torch.manual_seed(5)
     assert torch.equal(a, keep_mask((7, 9), p))
+
+
+def test_large_masks_are_drawn_in_chunks_the_same_for_any_thread_count(monkeypatch):
+    """Past one chunk, each chunk has its own generator seeded from the default one: repeatable under a seed,
+    independent of torch's thread count, and the chunks are different streams with the right keep rate."""
+    monkeypatch.setattr(dropout, "_CHUNK_WORDS", 4096)
+    threads = torch.get_num_threads()
+    try:
+        words = {}
+        for n in (1, 2, 3):
+            torch.set_num_threads(n)
+            torch.manual_seed(7)
+            words[n] = random_words(5 * 4096 + 100)
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(words[1], words[2]) and torch.equal(words[1], words[3])
+    chunks = words[1].split(4096)
+    assert len(chunks) == 6 and not torch.equal(chunks[0], chunks[1][:4096])
+    torch.manual_seed(8)
+    assert not torch.equal(random_words(5 * 4096 + 100), words[1])
+    p, n = 0.1, 4 * 5 * 4096
+    torch.manual_seed(9)
+    keep = keep_mask((n,), p).float()
+    sigma = (p * (1 - p) / (n / 5)) ** 0.5
+    torch.testing.assert_close(keep.view(5, -1).mean(1), torch.full((5,), 1 - quantized_p(p)), atol=5 * sigma, rtol=0)
 
 
 def test_fast_dropout_scales_the_kept_entries_forward_and_backward():

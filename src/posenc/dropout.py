@@ -9,15 +9,22 @@ uniform integers compared with a threshold: a quarter of the random draws and no
 conversion. The drop probability is thereby rounded to a multiple of 2^-16 (0.1 becomes 0.100006...); the
 scale uses that rounded probability, so E[y] = x holds exactly.
 
+The generator draws serially, one thread, while torch's other threads wait. A large mask is therefore drawn in
+chunks of a fixed size, each from its own generator seeded from the default one, on as many threads as torch
+uses: the same mask for the same seed whatever the thread count, in about half the time on two cores.
+
 This is opt-in (``posenc.fast.use_fast_path``); the modules' default dropout is ``torch.nn.Dropout``.
 """
 
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
+
 import torch
 from torch import Tensor, nn
 
-__all__ = ["FastDropout", "fast_dropout", "keep_mask", "quantized_p"]
+__all__ = ["FastDropout", "fast_dropout", "keep_mask", "quantized_p", "random_words"]
 
 _LEVELS = 1 << 16
 _INT64_MIN = torch.iinfo(torch.int64).min
@@ -28,14 +35,40 @@ def quantized_p(p: float) -> float:
     return round(p * _LEVELS) / _LEVELS
 
 
+#: Random 64-bit words per generator when a mask is drawn in chunks (fixed, so the mask does not depend on threads).
+_CHUNK_WORDS = 1 << 16
+_pools: dict[tuple[int, int], ThreadPoolExecutor] = {}  # by (process, threads): a forked child needs its own
+
+
+def _fill(chunk: Tensor, seed: int) -> None:
+    chunk.random_(_INT64_MIN, None, generator=torch.Generator().manual_seed(seed))
+
+
+def random_words(n: int, *, device: torch.device | None = None, generator: torch.Generator | None = None) -> Tensor:
+    """``n`` int64 words with all 64 bits uniform; on CPU, more than one chunk is drawn on torch's threads."""
+    words = torch.empty(n, dtype=torch.int64, device=device)
+    if n <= _CHUNK_WORDS or words.device.type != "cpu":
+        return words.random_(_INT64_MIN, None, generator=generator)
+    chunks = words.split(_CHUNK_WORDS)
+    seeds = torch.empty(len(chunks), dtype=torch.int64).random_(_INT64_MIN, None, generator=generator).tolist()
+    threads = torch.get_num_threads()
+    if threads < 2:
+        for chunk, seed in zip(chunks, seeds):
+            _fill(chunk, seed)
+        return words
+    key = (os.getpid(), threads)
+    pool = _pools.get(key) or _pools.setdefault(key, ThreadPoolExecutor(threads, "posenc-dropout"))
+    list(pool.map(_fill, chunks, seeds))  # torch releases the interpreter lock inside random_
+    return words
+
+
 def keep_mask(shape: torch.Size | tuple[int, ...], p: float, *, device: torch.device | None = None,
               generator: torch.Generator | None = None) -> Tensor:
     """Bool mask of ``shape``, True (keep) with probability ``1 - quantized_p(p)``, independently."""
     n = 1
     for s in shape:
         n *= s
-    words = torch.empty((n + 3) // 4, dtype=torch.int64, device=device)
-    words.random_(_INT64_MIN, None, generator=generator)  # all 64 bits uniform (the full-range kernel)
+    words = random_words((n + 3) // 4, device=device, generator=generator)  # all 64 bits uniform
     halves = words.view(torch.int16)[:n]  # 4 independent uniform 16-bit integers per word
     return (halves >= round(p * _LEVELS) - _LEVELS // 2).view(shape)
 
