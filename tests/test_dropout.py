@@ -33,6 +33,17 @@ def test_mask_entries_are_independent_and_seeded():
     assert torch.equal(a, keep_mask((7, 9), p))
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
+def test_a_mask_in_a_floating_dtype_is_the_bool_mask_as_zeros_and_ones(dtype):
+    for shape in [(7, 9), (5, 65_537)]:  # the second is drawn in two chunks of random words
+        torch.manual_seed(11)
+        keep = keep_mask(shape, 0.25)
+        torch.manual_seed(11)
+        ones = keep_mask(shape, 0.25, dtype=dtype)
+        assert ones.dtype == dtype and ones.shape == shape
+        assert torch.equal(ones, keep.to(dtype))
+
+
 def test_large_masks_are_drawn_in_chunks_the_same_for_any_thread_count(monkeypatch):
     """Past one chunk, each chunk has its own generator seeded from the default one: repeatable under a seed,
     independent of torch's thread count, and the chunks are different streams with the right keep rate."""

@@ -62,15 +62,30 @@ def random_words(n: int, *, device: torch.device | None = None, generator: torch
     return words
 
 
+def _halves(n: int, device: torch.device | None, generator: torch.Generator | None) -> Tensor:
+    """``n`` independent uniform 16-bit integers (four per random 64-bit word)."""
+    return random_words((n + 3) // 4, device=device, generator=generator).view(torch.int16)[:n]
+
+
+def _threshold(p: float) -> int:
+    """A uniform int16 is at least this with probability ``1 - quantized_p(p)``."""
+    return round(p * _LEVELS) - _LEVELS // 2
+
+
 def keep_mask(shape: torch.Size | tuple[int, ...], p: float, *, device: torch.device | None = None,
-              generator: torch.Generator | None = None) -> Tensor:
-    """Bool mask of ``shape``, True (keep) with probability ``1 - quantized_p(p)``, independently."""
+              generator: torch.Generator | None = None, dtype: torch.dtype = torch.bool) -> Tensor:
+    """Mask of ``shape``, True / 1 (keep) with probability ``1 - quantized_p(p)``, independently.
+
+    With a floating ``dtype`` the comparison writes the 0/1 values in that dtype itself: one pass over the mask
+    instead of two (a bool mask, then its conversion), and no bool tensor allocated.
+    """
     n = 1
     for s in shape:
         n *= s
-    words = random_words((n + 3) // 4, device=device, generator=generator)  # all 64 bits uniform
-    halves = words.view(torch.int16)[:n]  # 4 independent uniform 16-bit integers per word
-    return (halves >= round(p * _LEVELS) - _LEVELS // 2).view(shape)
+    halves = _halves(n, device, generator)
+    if dtype == torch.bool:
+        return (halves >= _threshold(p)).view(shape)
+    return torch.ge(halves, _threshold(p), out=torch.empty(n, dtype=dtype, device=halves.device)).view(shape)
 
 
 def fast_dropout(x: Tensor, p: float, training: bool = True, *, generator: torch.Generator | None = None) -> Tensor:
@@ -79,9 +94,8 @@ def fast_dropout(x: Tensor, p: float, training: bool = True, *, generator: torch
         raise ValueError(f"dropout probability must lie in [0, 1 - 2^-17), got {p}")
     if not training or p == 0.0:
         return x
-    keep = keep_mask(x.shape, p, device=x.device, generator=generator)
+    ones = keep_mask(x.shape, p, device=x.device, generator=generator, dtype=x.dtype)  # 0/1 in x's dtype
     scale = 1.0 / (1.0 - quantized_p(p))
-    ones = keep.view(torch.uint8).to(x.dtype)  # 0/1 in x's dtype (bool -> float is slow on CPU, uint8 -> float not)
     if x.dtype in (torch.float32, torch.float64):
         return x * ones.mul_(scale)  # one product forward, one backward; autograd keeps only the scaled mask
     # In bf16/fp16 the scale itself would round (1/0.9 -> 1.109 in bf16, a 0.2% bias): apply it as a scalar.
