@@ -12,6 +12,7 @@ import torch
 from torch import Tensor
 
 __all__ = [
+    "bool_word",
     "check_choice",
     "check_divisible",
     "check_ids",
@@ -19,6 +20,17 @@ __all__ = [
     "check_positive_int",
     "check_rank",
 ]
+
+
+def bool_word(text: str) -> bool | None:
+    """The truth value of a written setting (``true/false``, ``1/0``, ``yes/no``, ``on/off``, any case); None if
+    ``text`` is none of these. Spec options and command-line settings read booleans with it."""
+    low = text.strip().lower()
+    if low in ("true", "1", "yes", "on"):
+        return True
+    if low in ("false", "0", "no", "off"):
+        return False
+    return None
 
 
 def check_positive_int(name: str, value: Any) -> int:

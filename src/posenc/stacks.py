@@ -49,9 +49,43 @@ def _bool_padding(mask: Tensor | None) -> Tensor | None:
 
 
 class _Stack(nn.Module):
-    """What encoder and decoder stacks share: per-layer encodings, positions, the input embedding hook."""
+    """What encoder and decoder stacks share: the constructor (torch's arguments plus the encoding), per-layer
+    encodings, positions, the input embedding hook."""
 
     layers: nn.ModuleList
+    _layer_type: type[EncoderLayer] | type[DecoderLayer]
+    _causal_in_use: bool  # the self-attention is causal whatever ``causal`` says (a decoder's)
+
+    def __init__(
+        self,
+        *,
+        d_model: int = 512,
+        nhead: int = 8,
+        num_layers: int = 6,
+        dim_feedforward: int = 2048,
+        dropout: float = 0.1,
+        activation: str | Callable = "relu",
+        positional_encoding: EncodingSpec = "sinusoidal",
+        layer_norm_eps: float = 1e-5,
+        batch_first: bool = True,
+        norm_first: bool = False,
+        bias: bool = True,
+        final_norm: bool = True,
+        causal: bool = False,
+    ) -> None:
+        super().__init__()
+        # A decoder's self-attention is causal in use, so its encodings are built for the causal case.
+        encs = self._setup_encodings(positional_encoding, num_layers, d_model, nhead, causal or self._causal_in_use)
+        self.layers = nn.ModuleList(
+            self._layer_type(
+                d_model=d_model, num_heads=nhead, dim_feedforward=dim_feedforward, dropout=dropout,
+                activation=activation, norm_first=norm_first, layer_norm_eps=layer_norm_eps, bias=bias, encoding=e,
+            )
+            for e in encs
+        )
+        self.norm = nn.LayerNorm(d_model, eps=layer_norm_eps, bias=bias) if final_norm else None
+        self.dropout = nn.Dropout(dropout)
+        self.batch_first, self.causal = batch_first, causal
 
     def _setup_encodings(self, spec: EncodingSpec, num_layers: int, d_model: int, nhead: int, causal: bool) -> list[PositionalEncoding]:
         check_positive_int("nhead", nhead)
@@ -128,35 +162,8 @@ class _Stack(nn.Module):
 class TransformerEncoder(_Stack):
     """A stack of self-attention layers: bidirectional, or causal (``causal=True``, a decoder-only model)."""
 
-    def __init__(
-        self,
-        *,
-        d_model: int = 512,
-        nhead: int = 8,
-        num_layers: int = 6,
-        dim_feedforward: int = 2048,
-        dropout: float = 0.1,
-        activation: str | Callable = "relu",
-        positional_encoding: EncodingSpec = "sinusoidal",
-        layer_norm_eps: float = 1e-5,
-        batch_first: bool = True,
-        norm_first: bool = False,
-        bias: bool = True,
-        final_norm: bool = True,
-        causal: bool = False,
-    ) -> None:
-        super().__init__()
-        encs = self._setup_encodings(positional_encoding, num_layers, d_model, nhead, causal)
-        self.layers = nn.ModuleList(
-            EncoderLayer(
-                d_model=d_model, num_heads=nhead, dim_feedforward=dim_feedforward, dropout=dropout,
-                activation=activation, norm_first=norm_first, layer_norm_eps=layer_norm_eps, bias=bias, encoding=e,
-            )
-            for e in encs
-        )
-        self.norm = nn.LayerNorm(d_model, eps=layer_norm_eps, bias=bias) if final_norm else None
-        self.dropout = nn.Dropout(dropout)
-        self.batch_first, self.causal = batch_first, causal
+    _layer_type = EncoderLayer
+    _causal_in_use = False
 
     def forward(
         self,
@@ -187,36 +194,8 @@ class TransformerDecoder(_Stack):
     """Decoder layers: self-attention over the target (causal via ``tgt_mask`` / ``tgt_is_causal`` as in torch,
     or always with ``causal=True``), cross-attention over the encoder's memory, feed-forward."""
 
-    def __init__(
-        self,
-        *,
-        d_model: int = 512,
-        nhead: int = 8,
-        num_layers: int = 6,
-        dim_feedforward: int = 2048,
-        dropout: float = 0.1,
-        activation: str | Callable = "relu",
-        positional_encoding: EncodingSpec = "sinusoidal",
-        layer_norm_eps: float = 1e-5,
-        batch_first: bool = True,
-        norm_first: bool = False,
-        bias: bool = True,
-        final_norm: bool = True,
-        causal: bool = False,
-    ) -> None:
-        super().__init__()
-        # Decoder self-attention is causal in use, so its encodings are built for the causal case.
-        encs = self._setup_encodings(positional_encoding, num_layers, d_model, nhead, True)
-        self.layers = nn.ModuleList(
-            DecoderLayer(
-                d_model=d_model, num_heads=nhead, dim_feedforward=dim_feedforward, dropout=dropout,
-                activation=activation, norm_first=norm_first, layer_norm_eps=layer_norm_eps, bias=bias, encoding=e,
-            )
-            for e in encs
-        )
-        self.norm = nn.LayerNorm(d_model, eps=layer_norm_eps, bias=bias) if final_norm else None
-        self.dropout = nn.Dropout(dropout)
-        self.batch_first, self.causal = batch_first, causal
+    _layer_type = DecoderLayer
+    _causal_in_use = True
 
     def _memory_mask(
         self, memory_mask: Tensor | None, padding: Tensor | None, is_causal: bool, cache: StackCache | None, *,

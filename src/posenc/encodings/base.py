@@ -30,6 +30,8 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
+from .._checks import bool_word
+
 __all__ = [
     "CONTEXT_KEYS",
     "PositionalEncoding",
@@ -182,11 +184,8 @@ def _coerce(value: str, hint: Any) -> Any:
     if low in ("none", "null"):
         return None
     args = typing.get_args(hint) or (hint,)
-    if bool in args:
-        if low in ("true", "1", "yes", "on"):
-            return True
-        if low in ("false", "0", "no", "off"):
-            return False
+    if bool in args and (truth := bool_word(value)) is not None:
+        return truth
     if int in args:
         try:
             return int(value)

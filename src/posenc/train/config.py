@@ -20,6 +20,8 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any
 
+from .._checks import bool_word
+
 __all__ = [
     "ALIASES", "DataConfig", "EvalConfig", "ModelConfig", "OptimConfig", "RunConfig", "TrainConfig",
     "add_override_arguments", "apply_overrides", "load_config_file", "run_config_from_dict", "to_toml",
@@ -172,8 +174,8 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
     if hint is bool:
         if isinstance(value, bool):
             return value
-        if isinstance(value, str) and value.lower() in ("true", "1", "yes", "on", "false", "0", "no", "off"):
-            return value.lower() in ("true", "1", "yes", "on")
+        if isinstance(value, str) and (truth := bool_word(value)) is not None:
+            return truth
         raise TypeError(f"{where} must be true or false, got {value!r}")
     if hint is int:
         if isinstance(value, bool) or not isinstance(value, (int, str)):
