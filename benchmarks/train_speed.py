@@ -3,8 +3,11 @@
 Timing: every system is built in this one process and trained on the same batch; rounds interleave the
 systems (the order rotates each round) and each round times ``--steps`` full steps (forward, backward, Adam)
 after ``--warmup`` untimed ones. Reported: the median target tokens/s over rounds, posenc's ratio to the
-faster peer (median of the per-round ratios), and model FLOPs utilization against the fp32 / bf16 matrix
-product peak measured in the same run.
+faster peer (median of the per-round ratios), and model FLOPs utilization (MFU) against the fp32 / bf16 matrix
+product peak measured in the same run: against the best 2048^3 product before and after all rounds, and against
+the one measured at the start of each round (median over rounds). On a machine whose cores are shared with other
+work the two differ: the best reading catches a moment when nothing else used the cores' matrix units, the
+round's reading the conditions the steps of that round ran under.
 
 Memory (``--memory``): each system runs in a fresh subprocess (so one system's allocations cannot hide in
 another's) for a few steps; reported are the peak resident set of that process (``VmHWM``)
@@ -33,8 +36,9 @@ PEERS = ("torch", "xtransformers")
 
 def time_systems(
     cfg_name: str, precision: str, systems: list[str], args: argparse.Namespace
-) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
-    """Target tokens per wall second and per CPU second (this process's) of each system per round, interleaved.
+) -> tuple[dict[str, list[float]], dict[str, list[float]], list[float]]:
+    """Target tokens per wall second and per CPU second (this process's) of each system per round, interleaved,
+    and the matrix peak (GFLOP/s per wall second, best of 3) measured at the start of each round.
 
     On a machine shared with other work, wall time includes time the scheduler gave to others; CPU time
     does not (with one torch thread it is the work done; with more it also counts threads spinning).
@@ -51,7 +55,9 @@ def time_systems(
     tokens = cfg.batch * cfg.length
     wall: dict[str, list[float]] = {s: [] for s in systems}
     cpu: dict[str, list[float]] = {s: [] for s in systems}
+    round_peaks: list[float] = []
     for r in range(args.rounds):
+        round_peaks.append(matmul_peak_gflops(torch.float32 if precision == "fp32" else torch.bfloat16, repeats=3)[0])
         order = systems[r % len(systems):] + systems[: r % len(systems)]
         for s in order:
             t0, c0 = time.perf_counter(), time.process_time()
@@ -59,7 +65,7 @@ def time_systems(
                 steps[s](src, tgt)
             wall[s].append(args.steps * tokens / (time.perf_counter() - t0))
             cpu[s].append(args.steps * tokens / (time.process_time() - c0))
-    return wall, cpu
+    return wall, cpu, round_peaks
 
 
 def memory_of(cfg_name: str, precision: str, system: str, args: argparse.Namespace) -> dict:
@@ -103,10 +109,11 @@ def report(args: argparse.Namespace) -> None:
     results = []
     for cfg_name in args.config:
         for precision in args.precision:
-            wall, cpu = time_systems(cfg_name, precision, systems, args)
+            wall, cpu, round_peaks = time_systems(cfg_name, precision, systems, args)
+            print(f"  {cfg_name}/{precision} round peaks GFLOP/s {[round(x) for x in round_peaks]}", file=sys.stderr)
             for s in systems:
                 mem = memory_of(cfg_name, precision, s, args) if args.memory else None
-                results.append((cfg_name, precision, s, wall, cpu, mem))
+                results.append((cfg_name, precision, s, wall, cpu, round_peaks, mem))
                 print(f"  {cfg_name}/{precision} {s}: wall {[round(x) for x in wall[s]]} cpu {[round(x) for x in cpu[s]]}",
                       file=sys.stderr)
     second = measure_peaks()
@@ -115,16 +122,17 @@ def report(args: argparse.Namespace) -> None:
         f"{k} {w:.0f} | {c:.0f}" for k, (w, c) in peaks.items()))
     header = [
         "config", "precision", "system", "target tok/s (wall)", "ratio (wall)", "tok/CPU-s", "ratio (CPU)",
-        "MFU (wall)", "MFU (CPU)", "peak RSS MiB", "training RSS MiB",
+        "MFU (wall)", "MFU (CPU)", "MFU (round peak)", "peak RSS MiB", "training RSS MiB",
     ]
     rows = []
-    for cfg_name, precision, s, wall, cpu, mem in results:
+    for cfg_name, precision, s, wall, cpu, round_peaks, mem in results:
         per_token = model_flops(CONFIGS[cfg_name]) / (CONFIGS[cfg_name].batch * CONFIGS[cfg_name].length)
         mfu = median(wall[s]) * per_token / (peaks[precision][0] * 1e9)
         mfu_cpu = median(cpu[s]) * per_token / (peaks[precision][1] * 1e9)
+        mfu_round = median([rate * per_token / (peak * 1e9) for rate, peak in zip(wall[s], round_peaks)])
         rows.append([
             cfg_name, precision, s, f"{median(wall[s]):,.0f}", ratio_to_peers(wall, s), f"{median(cpu[s]):,.0f}",
-            ratio_to_peers(cpu, s), f"{100 * mfu:.0f}%", f"{100 * mfu_cpu:.0f}%",
+            ratio_to_peers(cpu, s), f"{100 * mfu:.0f}%", f"{100 * mfu_cpu:.0f}%", f"{100 * mfu_round:.0f}%",
             "—" if mem is None else f"{mem['peak_mib']:,.0f}", "—" if mem is None else f"{mem['train_mib']:,.0f}",
         ])
     print(table(header, rows))
