@@ -124,3 +124,19 @@ def test_bf16_kept_entries_are_scaled_in_float_then_rounded():
     expected = (x.float() * keep * (1 / (1 - quantized_p(p)))).bfloat16()
     assert y.dtype == torch.bfloat16
     assert torch.equal(y, expected)
+
+
+def test_backward_is_the_same_mask_and_scale_gradcheck_and_bf16():
+    def dropped(x):
+        torch.manual_seed(5)  # the same mask at every call gradcheck makes
+        return fast_dropout(x, 0.3)
+
+    x = torch.randn(5, 7, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(dropped, (x,))
+    xb = torch.randn(32, 129).bfloat16().requires_grad_()
+    g = torch.randn(32, 129).bfloat16()
+    dropped(xb).backward(g)
+    torch.manual_seed(5)
+    keep = keep_mask(xb.shape, 0.3)
+    assert xb.grad.dtype == torch.bfloat16
+    assert torch.equal(xb.grad, (g.float() * keep * (1 / (1 - quantized_p(0.3)))).bfloat16())
