@@ -3,15 +3,18 @@
     y = x * m / (1 - p),    m_i ~ Bernoulli(1 - p) independently
 
 On CPU, ``torch.nn.functional.dropout`` draws the mask with ``bernoulli_``, which costs about as much as the
-matrix products of a small Transformer layer. Here the mask comes from raw 64-bit random words (the default
-generator's Mersenne twister, so ``torch.manual_seed`` makes it repeatable), each split into four 16-bit
+matrix products of a small Transformer layer. Here the mask comes from raw 64-bit random words (from torch's
+default generator or from generators seeded by it, so ``torch.manual_seed`` makes it repeatable), each split into four 16-bit
 uniform integers compared with a threshold: a quarter of the random draws and no floating-point
 conversion. The drop probability is thereby rounded to a multiple of 2^-16 (0.1 becomes 0.100006...); the
 scale uses that rounded probability, so E[y] = x holds exactly.
 
 The generator draws serially, one thread, while torch's other threads wait. A large mask is therefore drawn in
 chunks of a fixed size, each from its own generator seeded from the default one, on as many threads as torch
-uses: the same mask for the same seed whatever the thread count, in about half the time on two cores.
+uses: the same mask for the same seed whatever the thread count, in about half the time on two cores. The chunks'
+generators are NumPy's SFC64 (Doty-Humphrey's small fast chaotic generator, which passes the standard statistical
+batteries): on this project's CPU it draws 64-bit words about twice as fast as torch's Mersenne twister, and the
+random draws are a third of the fast dropout's time.
 
 This is opt-in (``posenc.fast.use_fast_path``); the modules' default dropout is ``torch.nn.Dropout``.
 """
@@ -21,6 +24,7 @@ from __future__ import annotations
 import os
 from concurrent.futures import ThreadPoolExecutor
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -41,7 +45,9 @@ _pools: dict[tuple[int, int], ThreadPoolExecutor] = {}  # by (process, threads):
 
 
 def _fill(chunk: Tensor, seed: int) -> None:
-    chunk.random_(_INT64_MIN, None, generator=torch.Generator().manual_seed(seed))
+    """Fill a CPU int64 ``chunk`` with the words of an SFC64 generator seeded with ``seed`` (NumPy releases the
+    interpreter lock while it draws)."""
+    chunk.numpy().view(np.uint64)[:] = np.random.SFC64(seed % 2**64).random_raw(chunk.numel())
 
 
 def random_words(n: int, *, device: torch.device | None = None, generator: torch.Generator | None = None) -> Tensor:
@@ -58,7 +64,7 @@ def random_words(n: int, *, device: torch.device | None = None, generator: torch
         return words
     key = (os.getpid(), threads)
     pool = _pools.get(key) or _pools.setdefault(key, ThreadPoolExecutor(threads, "posenc-dropout"))
-    list(pool.map(_fill, chunks, seeds))  # torch releases the interpreter lock inside random_
+    list(pool.map(_fill, chunks, seeds))
     return words
 
 
