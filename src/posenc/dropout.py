@@ -68,16 +68,6 @@ def random_words(n: int, *, device: torch.device | None = None, generator: torch
     return words
 
 
-def _halves(n: int, device: torch.device | None, generator: torch.Generator | None) -> Tensor:
-    """``n`` independent uniform 16-bit integers (four per random 64-bit word)."""
-    return random_words((n + 3) // 4, device=device, generator=generator).view(torch.int16)[:n]
-
-
-def _threshold(p: float) -> int:
-    """A uniform int16 is at least this with probability ``1 - quantized_p(p)``."""
-    return round(p * _LEVELS) - _LEVELS // 2
-
-
 def keep_mask(shape: torch.Size | tuple[int, ...], p: float, *, device: torch.device | None = None,
               generator: torch.Generator | None = None, dtype: torch.dtype = torch.bool) -> Tensor:
     """Mask of ``shape``, True / 1 (keep) with probability ``1 - quantized_p(p)``, independently.
@@ -88,10 +78,12 @@ def keep_mask(shape: torch.Size | tuple[int, ...], p: float, *, device: torch.de
     n = 1
     for s in shape:
         n *= s
-    halves = _halves(n, device, generator)
+    words = random_words((n + 3) // 4, device=device, generator=generator)  # all 64 bits uniform
+    halves = words.view(torch.int16)[:n]  # 4 independent uniform 16-bit integers per word
+    threshold = round(p * _LEVELS) - _LEVELS // 2  # P(halves >= threshold) = 1 - quantized_p(p)
     if dtype == torch.bool:
-        return (halves >= _threshold(p)).view(shape)
-    return torch.ge(halves, _threshold(p), out=torch.empty(n, dtype=dtype, device=halves.device)).view(shape)
+        return (halves >= threshold).view(shape)
+    return torch.ge(halves, threshold, out=halves.new_empty(n, dtype=dtype)).view(shape)
 
 
 class _ScaledMask(torch.autograd.Function):
