@@ -44,6 +44,27 @@ def test_a_mask_in_a_floating_dtype_is_the_bool_mask_as_zeros_and_ones(dtype):
         assert torch.equal(ones, keep.to(dtype))
 
 
+@pytest.mark.parametrize("dtype", [torch.bool, torch.float32, torch.bfloat16, torch.float16, torch.float64])
+def test_a_large_mask_is_the_random_words_halves_compared_whatever_the_thread_count(dtype, monkeypatch):
+    """Past one chunk, the mask is compared chunk by chunk as its words are drawn: it must equal the halves of
+    ``random_words`` under the same seed compared with the threshold, for any thread count."""
+    monkeypatch.setattr(dropout, "_CHUNK_WORDS", 4096)
+    n, p = 3 * 4 * 4096 + 5, 0.25  # four chunks, the last one partial
+    torch.manual_seed(12)
+    halves = random_words((n + 3) // 4).view(torch.int16)[:n]
+    expected = (halves >= round(p * 65536) - 32768).to(dtype)
+    threads = torch.get_num_threads()
+    try:
+        for t in (1, 2, 3):
+            torch.set_num_threads(t)
+            torch.manual_seed(12)
+            mask = keep_mask((n,), p, dtype=dtype)
+            assert mask.dtype == dtype and torch.equal(mask, expected)
+    finally:
+        torch.set_num_threads(threads)
+    assert 0.74 < expected.float().mean().item() < 0.76
+
+
 def test_large_masks_are_drawn_in_chunks_the_same_for_any_thread_count(monkeypatch):
     """Past one chunk, each chunk has its own generator seeded from the default one: repeatable under a seed,
     independent of torch's thread count, and the chunks are different streams with the right keep rate."""
