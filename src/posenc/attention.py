@@ -21,6 +21,7 @@ from .cache import LayerCache
 from .dropout import fast_dropout
 from .encodings.base import PositionalEncoding
 from .masks import AttentionMask, build_mask, causal_blocked, neg_large
+from .packed_attention import packed_attention
 
 __all__ = ["AttentionMask", "MultiHeadAttention", "build_mask", "causal_blocked", "scaled_dot_product_attention"]
 
@@ -195,6 +196,17 @@ class MultiHeadAttention(nn.Module):
         self.fast_dropout = False  # the fast path's dropout on attention weights (posenc.fast.use_fast_path)
         self.last_weights: Tensor | None = None
 
+    def _rows(self, t: Tensor, start: int, stop: int) -> Tensor:
+        """``t`` projected by rows ``[start, stop)`` of the fused in-projection (cross-attention's Q, or K|V)."""
+        w, b = self.in_proj.weight, self.in_proj.bias
+        return F.linear(t, w[start:stop], None if b is None else b[start:stop])
+
+    @staticmethod
+    def _memory(memory: Tensor | None) -> Tensor:
+        if memory is None:
+            raise ValueError("cross-attention needs memory (the encoder output)")
+        return memory
+
     def _heads(self, t: Tensor) -> Tensor:
         b, n, _ = t.shape
         return t.view(b, n, self.num_heads, self.head_dim).transpose(1, 2)  # (B, H, T, Dh)
@@ -206,14 +218,11 @@ class MultiHeadAttention(nn.Module):
             qkv = self.in_proj(x).view(b, n, 3, self.num_heads, self.head_dim)  # (B, T, 3, H, Dh)
             q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # 3 x (B, H, T, Dh), one op instead of seven
             return q, k, v
-        w, b = self.in_proj.weight, self.in_proj.bias
-        q = F.linear(x, w[:d], None if b is None else b[:d])
+        q = self._rows(x, 0, d)
         if cache is not None and cache.cross is not None:
             k, v = cache.cross  # computed once per source
             return self._heads(q), k, v
-        if memory is None:
-            raise ValueError("cross-attention needs memory (the encoder output)")
-        kv = F.linear(memory, w[d:], None if b is None else b[d:])  # (B, S, 2D)
+        kv = self._rows(self._memory(memory), d, 3 * d)  # (B, S, 2D)
         k, v = kv.split(d, dim=-1)
         k, v = self._heads(k), self._heads(v)
         if cache is not None:
@@ -241,6 +250,29 @@ class MultiHeadAttention(nn.Module):
             if extra is not None:
                 out = out + extra
         return out, weights  # (B, H, Tq, Dh), (B, H, Tq, Tk) or None
+
+    def _packs(self, mask: AttentionMask | None, cache: LayerCache | None, p: float) -> bool:
+        """Whether this call takes :func:`posenc.packed_attention.packed_attention` (the fast path's attention
+        with dropout): no cache, nothing asked of the weights, no encoding hook inside attention, no dead rows."""
+        enc = self.encoding
+        hooks = (enc.uses_rotate or enc.uses_bias or enc.uses_content_bias or enc.uses_value_term
+                 or enc.uses_causal_attention)
+        return (self.fast_dropout and p > 0 and cache is None and not hooks and not self.use_math
+                and not self.capture_weights and (mask is None or mask.dead_rows is None))
+
+    def _packed(self, x: Tensor, memory: Tensor | None, mask: AttentionMask | None, p: float) -> Tensor:
+        """Projections, then attention with dropout in one packed node: ``(B, Tq, D)``, before ``out_proj``."""
+        if self.cross:
+            d = self.d_model
+            x_q, x_kv = self._rows(x, 0, d), self._rows(self._memory(memory), d, 3 * d)  # (B,Tq,D), (B,Tk,2D)
+        else:
+            x_q, x_kv = self.in_proj(x), None  # (B, T, 3D)
+        float_mask = None
+        if mask is not None:
+            float_mask, causal = mask.for_sdpa(None, x_q.dtype)
+            if causal:
+                float_mask = mask.causal_float(x_q.dtype)  # (Tq, Tk), added by the scores' product itself
+        return packed_attention(x_q, x_kv, heads=self.num_heads, mask=float_mask, p=p)
 
     def _encoding_attention(
         self, q: Tensor, k: Tensor, v: Tensor, mask: AttentionMask | None, q_pos: Tensor | None,
@@ -281,6 +313,9 @@ class MultiHeadAttention(nn.Module):
     ) -> Tensor:
         """``x`` ``(B, Tq, D)`` -> ``(B, Tq, D)``. ``q_pos`` are the queries' positions; ``k_pos`` those of
         every key (cached ones included). With a cache, new keys and values are appended to it."""
+        p = self.dropout if self.training else 0.0
+        if self._packs(mask, cache, p):
+            return self.out_proj(self._packed(x, memory, mask, p))
         q, k, v = self._project(x, memory, cache)
         enc = self.encoding
         if not self.cross:
@@ -295,7 +330,6 @@ class MultiHeadAttention(nn.Module):
                 q, k = enc.rotate(q, k, q_pos, q_pos)  # the new keys sit at the queries' positions
                 if cache is not None:
                     k, v = cache.self_kv.append(k, v)
-        p = self.dropout if self.training else 0.0
         tq = q.shape[-2]
         out = self._encoding_attention(q, k, v, mask, q_pos, k_pos, p)
         if out is not None:

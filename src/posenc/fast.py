@@ -7,7 +7,9 @@ in the tests):
 
 * every ``torch.nn.Dropout`` becomes :class:`posenc.dropout.FastDropout` (a quarter of the random draws of
   ``bernoulli_``; on CPU the dropout masks of a small Transformer cost about as much as its matrix products);
-* attention drops its weights with the same kernel (on CPU, SDPA with dropout runs a math path anyway).
+* attention drops its weights with the same kernel (on CPU, SDPA with dropout runs a math path anyway), and
+  when the encoding adds nothing inside attention that path runs as one packed autograd node
+  (:mod:`posenc.packed_attention`: one copy into head-major layout each way instead of one per tensor).
 
 Without dropout (evaluation, ``p = 0``) the fast path computes exactly what the plain path computes. The plain
 modules stay the default so that the readable code is the code that runs unless asked otherwise.

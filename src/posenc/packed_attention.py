@@ -1,0 +1,109 @@
+"""The fast path's attention with dropout: heads packed once, gradients written in place (one autograd node).
+
+    Attention(Q, K, V) = dropout(softmax(Q K^T / sqrt(d_k) + M)) V        (Vaswani et al. 2017, eq. 1)
+
+On CPU, SDPA cannot apply dropout in its fused kernel, so training attention with dropout runs the math path:
+the weights are materialized. Built from separate torch operations, that path also copies every head tensor
+on its own: Q, K and V into batched-product layout in the forward (plus a pass that scales Q), then each of
+their gradients back again, stacked, and copied once more into the projection's ``(B, T, 3D)`` layout in the
+backward. Here the projection's output is copied into head-major layout once (``(3, B*H, T, Dh)``), the
+scale rides in the products (``baddbmm``'s ``alpha``), and the backward writes dQ, dK and dV straight into one
+buffer of that layout, copied back once. The operations and their order are those of the math path, so the
+results are the same numbers (tested bit for bit, fp32 and bf16). Measured at the base config's shapes
+(B=16, H=8, T=128, Dh=64, forward + backward, 2 threads): fp32 30.4 -> 27.1 ms, bf16 19.4 -> 17.5 ms per
+self-attention, causal bf16 24.1 -> 19.7 ms.
+
+Serves self- and cross-attention whose encoding adds nothing inside attention (absolute encodings, NoPE) with
+no mask, a causal mask, or masks without fully blocked rows; everything else takes the general path.
+
+Legend: B batch, H heads, Tq / Tk query / key length, D model width, Dh head width.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from .dropout import keep_mask, quantized_p
+
+__all__ = ["packed_attention"]
+
+
+def _split(t: Tensor, parts: int, heads: int) -> Tensor:
+    """``(B, T, parts*D)`` -> contiguous ``(parts, B*H, T, Dh)``: one copy."""
+    b, n, width = t.shape
+    dh = width // (parts * heads)
+    return t.reshape(b, n, parts, heads, dh).permute(2, 0, 3, 1, 4).reshape(parts, b * heads, n, dh)
+
+
+def _merge(t: Tensor, batch: int) -> Tensor:
+    """``(parts, B*H, T, Dh)`` -> ``(B, T, parts*D)``: the inverse of :func:`_split`, one copy."""
+    parts, bh, n, dh = t.shape
+    heads = bh // batch
+    return t.view(parts, batch, heads, n, dh).permute(1, 3, 0, 2, 4).reshape(batch, n, parts * heads * dh)
+
+
+class _PackedAttention(torch.autograd.Function):
+    """``(x_q, x_kv) -> (B, Tq, D)``; ``x_kv`` None means ``x_q`` is the fused ``(B, T, 3D)`` projection."""
+
+    @staticmethod
+    def forward(ctx, x_q: Tensor, x_kv: Tensor | None, heads: int, mask: Tensor | None, p: float) -> Tensor:  # type: ignore[override]
+        b = x_q.shape[0]
+        with torch.autocast(x_q.device.type, enabled=False):  # the inputs' dtype throughout (bf16 under autocast)
+            if x_kv is None:
+                packed = (_split(x_q, 3, heads),)
+                q, k, v = packed[0].unbind(0)  # 3 x (B*H, T, Dh)
+            else:
+                packed = (_split(x_q, 1, heads), _split(x_kv, 2, heads))
+                q, (k, v) = packed[0][0], packed[1].unbind(0)
+            bh, tq, dh = q.shape
+            scale = 1.0 / math.sqrt(dh)
+            if mask is not None and mask.dim() == 2:  # (Tq, Tk): added by the product itself
+                scores = torch.baddbmm(mask.to(q.dtype), q, k.transpose(1, 2), alpha=scale)  # (B*H, Tq, Tk)
+            else:
+                scores = torch.baddbmm(q.new_zeros(()).expand(bh, tq, k.shape[1]), q, k.transpose(1, 2), beta=0.0,
+                                       alpha=scale)
+                if mask is not None:  # (B|1, H|1, Tq, Tk)
+                    scores.view(b, heads, tq, -1).add_(mask.to(q.dtype))
+            weights = torch.softmax(scores, dim=-1)
+            keep = keep_mask(weights.shape, p, device=weights.device, dtype=weights.dtype)  # 0/1
+            kept = 1.0 / (1.0 - quantized_p(p))
+            dropped = torch.addcmul(weights.new_zeros(()), weights, keep, value=kept)
+            out = torch.bmm(dropped, v)  # (B*H, Tq, Dh)
+        ctx.save_for_backward(*packed, weights, dropped, keep)
+        ctx.sizes = (b, scale, kept, x_kv is None)
+        return _merge(out.unsqueeze(0), b)  # (B, Tq, D)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
+        *packed, weights, dropped, keep = ctx.saved_tensors
+        b, scale, kept, fused = ctx.sizes
+        heads = weights.shape[0] // b
+        g = _split(grad, 1, heads)[0]  # (B*H, Tq, Dh)
+        grads = [torch.empty_like(t) for t in packed]
+        if fused:
+            (q, k, v), (dq, dk, dv) = packed[0].unbind(0), grads[0].unbind(0)
+        else:
+            q, (k, v), dq, (dk, dv) = packed[0][0], packed[1].unbind(0), grads[0][0], grads[1].unbind(0)
+        torch.bmm(dropped.transpose(1, 2), g, out=dv)
+        d_dropped = torch.bmm(g, v.transpose(1, 2))  # (B*H, Tq, Tk)
+        d_weights = torch.addcmul(d_dropped.new_zeros(()), d_dropped, keep, value=kept)
+        d_scores = torch._softmax_backward_data(d_weights, weights, -1, weights.dtype)
+        torch.baddbmm(dq, d_scores, k, beta=0.0, alpha=scale, out=dq)
+        torch.baddbmm(dk, d_scores.transpose(1, 2), q, beta=0.0, alpha=scale, out=dk)
+        merged = [_merge(t, b) for t in grads]
+        return merged[0], (merged[1] if not fused else None), None, None, None
+
+
+def packed_attention(x_q: Tensor, x_kv: Tensor | None, *, heads: int, mask: Tensor | None, p: float) -> Tensor:
+    """Multi-head attention with dropout ``p`` on the weights over projected inputs, ``(B, Tq, D)`` out.
+
+    ``x_q`` is the fused ``(B, T, 3D)`` Q|K|V projection of self-attention (``x_kv`` None), or the ``(B, Tq, D)``
+    query projection with ``x_kv`` the ``(B, Tk, 2D)`` K|V projection (cross-attention). ``mask`` is an additive
+    float mask, ``(Tq, Tk)`` or ``(B|1, H|1, Tq, Tk)``, whose every row leaves some key unblocked.
+    """
+    if not 0.0 < p < 1.0:
+        raise ValueError(f"packed_attention drops weights: p must lie in (0, 1), got {p}")
+    return _PackedAttention.apply(x_q, x_kv, heads, mask, p)
