@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-__all__ = ["FastDropout", "fast_dropout", "keep_mask", "quantized_p", "random_words"]
+__all__ = ["FastDropout", "apply_mask", "fast_dropout", "keep_mask", "keep_scale", "quantized_p", "random_words"]
 
 _LEVELS = 1 << 16
 _INT64_MIN = torch.iinfo(torch.int64).min
@@ -50,7 +50,12 @@ _pools: dict[tuple[int, int], ThreadPoolExecutor] = {}  # by (process, threads):
 def _fill(chunk: Tensor, seed: int) -> None:
     """Fill a CPU int64 ``chunk`` with the words of an SFC64 generator seeded with ``seed`` (NumPy releases the
     interpreter lock while it draws)."""
-    chunk.numpy().view(np.uint64)[:] = np.random.SFC64(seed % 2**64).random_raw(chunk.numel())
+    chunk.numpy().view(np.uint64)[:] = _sfc64_words(seed, chunk.numel())
+
+
+def _sfc64_words(seed: int, count: int) -> np.ndarray:
+    """The first ``count`` 64-bit words of the SFC64 generator seeded with ``seed`` (a chunk's words)."""
+    return np.random.SFC64(seed % 2**64).random_raw(count)
 
 
 #: The 0/1 values of a mask as NumPy can write them: bfloat16 (unknown to NumPy) as the bit pattern of 1.0.
@@ -64,7 +69,7 @@ def _fill_mask(chunk: Tensor, seed: int, threshold: int) -> None:
     leaving the cache (the words of a large mask, then a pass that compares them, cost twice the memory traffic)."""
     n = chunk.numel()
     view, one = _NUMPY_VIEWS[chunk.dtype]
-    halves = np.random.SFC64(seed % 2**64).random_raw((n + 3) // 4).view(np.int16)[:n]
+    halves = _sfc64_words(seed, (n + 3) // 4).view(np.int16)[:n]
     out = chunk.view(view).numpy()
     if one == 1:
         np.greater_equal(halves, threshold, out=out)
@@ -137,12 +142,23 @@ class _ScaledMask(torch.autograd.Function):
     def forward(ctx, x: Tensor, ones: Tensor, scale: float) -> Tensor:  # type: ignore[override]
         ctx.save_for_backward(ones)
         ctx.scale = scale
-        return torch.addcmul(x.new_zeros(()), x, ones, value=scale)
+        return apply_mask(x, ones, scale)
 
     @staticmethod
     def backward(ctx, grad: Tensor) -> tuple[Tensor, None, None]:  # type: ignore[override]
         (ones,) = ctx.saved_tensors
-        return torch.addcmul(grad.new_zeros(()), grad, ones, value=ctx.scale), None, None
+        return apply_mask(grad, ones, ctx.scale), None, None
+
+
+def keep_scale(p: float) -> float:
+    """The factor of inverted dropout's kept entries, ``1 / (1 - quantized_p(p))``: E[y] = x exactly."""
+    return 1.0 / (1.0 - quantized_p(p))
+
+
+def apply_mask(x: Tensor, ones: Tensor, scale: float) -> Tensor:
+    """``x * ones * scale`` in one pass (``addcmul`` onto a zero scalar: in float for bf16/fp16, rounded once);
+    dropout's forward and, with the same mask and scale, its backward."""
+    return torch.addcmul(x.new_zeros(()), x, ones, value=scale)
 
 
 def fast_dropout(x: Tensor, p: float, training: bool = True, *, generator: torch.Generator | None = None) -> Tensor:
@@ -152,7 +168,7 @@ def fast_dropout(x: Tensor, p: float, training: bool = True, *, generator: torch
     if not training or p == 0.0:
         return x
     ones = keep_mask(x.shape, p, device=x.device, generator=generator, dtype=x.dtype)  # 0/1 in x's dtype
-    return _ScaledMask.apply(x, ones, 1.0 / (1.0 - quantized_p(p)))
+    return _ScaledMask.apply(x, ones, keep_scale(p))
 
 
 class FastDropout(nn.Dropout):

@@ -10,9 +10,9 @@ backward. Here the projection's output is copied into head-major layout once (``
 scale rides in the products (``baddbmm``'s ``alpha``), and the backward writes dQ, dK and dV straight into one
 buffer of that layout, copied back once. The operations and their order are those of the math path, except
 that the scale multiplies the product instead of Q: the same numbers whenever 1/sqrt(Dh) is a power of two
-(Dh = 16, 64, 256; tested bit for bit, fp32 and bf16), otherwise the same to rounding. Measured at the base config's shapes
-(B=16, H=8, T=128, Dh=64, forward + backward, 2 threads): fp32 30.4 -> 27.1 ms, bf16 19.4 -> 17.5 ms per
-self-attention, causal bf16 24.1 -> 19.7 ms.
+(Dh = 16, 64, 256; tested bit for bit, fp32 and bf16), otherwise the same to rounding. Measured at the base
+config's shapes (B=16, H=8, T=128, Dh=64, forward + backward, 2 threads): fp32 30.4 -> 27.1 ms, bf16 19.4 ->
+17.5 ms per self-attention, causal bf16 24.1 -> 19.7 ms.
 
 Serves self- and cross-attention whose encoding adds nothing inside attention (absolute encodings, NoPE) with
 no mask, a causal mask, or masks without fully blocked rows; everything else takes the general path.
@@ -27,7 +27,7 @@ import math
 import torch
 from torch import Tensor
 
-from .dropout import keep_mask, quantized_p
+from .dropout import apply_mask, keep_mask, keep_scale
 
 __all__ = ["packed_attention"]
 
@@ -50,7 +50,9 @@ class _PackedAttention(torch.autograd.Function):
     """``(x_q, x_kv) -> (B, Tq, D)``; ``x_kv`` None means ``x_q`` is the fused ``(B, T, 3D)`` projection."""
 
     @staticmethod
-    def forward(ctx, x_q: Tensor, x_kv: Tensor | None, heads: int, mask: Tensor | None, p: float) -> Tensor:  # type: ignore[override]
+    def forward(  # type: ignore[override]
+        ctx, x_q: Tensor, x_kv: Tensor | None, heads: int, mask: Tensor | None, p: float
+    ) -> Tensor:
         b = x_q.shape[0]
         with torch.autocast(x_q.device.type, enabled=False):  # the inputs' dtype throughout (bf16 under autocast)
             if x_kv is None:
@@ -70,8 +72,8 @@ class _PackedAttention(torch.autograd.Function):
                     scores.view(b, heads, tq, -1).add_(mask.to(q.dtype))
             weights = torch.softmax(scores, dim=-1)
             keep = keep_mask(weights.shape, p, device=weights.device, dtype=weights.dtype)  # 0/1
-            kept = 1.0 / (1.0 - quantized_p(p))
-            dropped = torch.addcmul(weights.new_zeros(()), weights, keep, value=kept)
+            kept = keep_scale(p)
+            dropped = apply_mask(weights, keep, kept)
             out = torch.bmm(dropped, v)  # (B*H, Tq, Dh)
         ctx.save_for_backward(*packed, weights, dropped, keep)
         ctx.sizes = (b, scale, kept, x_kv is None)
@@ -90,7 +92,7 @@ class _PackedAttention(torch.autograd.Function):
             q, (k, v), dq, (dk, dv) = packed[0][0], packed[1].unbind(0), grads[0][0], grads[1].unbind(0)
         torch.bmm(dropped.transpose(1, 2), g, out=dv)
         d_dropped = torch.bmm(g, v.transpose(1, 2))  # (B*H, Tq, Tk)
-        d_weights = torch.addcmul(d_dropped.new_zeros(()), d_dropped, keep, value=kept)
+        d_weights = apply_mask(d_dropped, keep, kept)
         d_scores = torch._softmax_backward_data(d_weights, weights, -1, weights.dtype)
         torch.baddbmm(dq, d_scores, k, beta=0.0, alpha=scale, out=dq)
         torch.baddbmm(dk, d_scores.transpose(1, 2), q, beta=0.0, alpha=scale, out=dk)
