@@ -1,6 +1,6 @@
 """How fast could one training step be if everything but its matrix products took no time?
 
-Records every matrix product (``aten::mm``, ``addmm``, ``bmm``) of one training step of a system of
+Records every matrix product (``aten::mm``, ``addmm``, ``bmm``, ``baddbmm``) of one training step of a system of
 ``train_speed.py`` with torch.profiler (shapes, strides and dtypes), replays exactly those products on their own,
 and compares in one run:
 
@@ -32,7 +32,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _common import add_denormal_option, apply_denormal_option, matmul_peak_gflops  # noqa: E402
 from _systems import add_step_options, model_flops, warm_step  # noqa: E402
 
-_PRODUCTS = ("aten::mm", "aten::addmm", "aten::bmm")
+_PRODUCTS = ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm")
 _DTYPES = {"float": torch.float32, "c10::BFloat16": torch.bfloat16, "c10::Half": torch.float16}
 
 
@@ -49,6 +49,9 @@ def _record(step, src, tgt) -> list[tuple[str, list, list, list]]:
 
 def _operand(shape: list[int], stride: list[int] | None, dtype: torch.dtype) -> torch.Tensor:
     if stride and len(stride) == len(shape):
+        if 0 in stride:  # a broadcast operand (an expanded mask): draw the distinct entries, then expand
+            base = [1 if st == 0 else n for n, st in zip(shape, stride)]
+            return torch.randn(base).to(dtype).expand(shape)
         return torch.empty_strided(shape, stride, dtype=dtype).normal_()
     return torch.randn(shape).to(dtype)
 
@@ -68,6 +71,11 @@ def _replay(calls) -> tuple[callable, float]:
             args = [_operand(shapes[i], strides[i], dts[i]) for i in range(2)]
             flops += 2.0 * shapes[0][0] * shapes[0][1] * shapes[1][1]
             jobs.append(lambda a=args: torch.mm(*a))
+        elif name == "aten::baddbmm":  # the input added to the products may be broadcast, e.g. a (Tq, Tk) mask
+            args = [_operand(shapes[i], strides[i], dts[i]) for i in range(3)]
+            b, m, k = shapes[1]
+            flops += 2.0 * b * m * k * shapes[2][2]
+            jobs.append(lambda a=args: torch.baddbmm(*a))
         else:
             args = [_operand(shapes[i], strides[i], dts[i]) for i in range(2)]
             b, m, k = shapes[0]
