@@ -123,6 +123,19 @@ def test_heads_must_divide_width():
         MultiHeadAttention(d_model=10, num_heads=4)
 
 
+@pytest.mark.parametrize("p", [-0.1, 1.5])
+def test_dropout_outside_zero_one_is_named(p):
+    with pytest.raises(ValueError, match=f"dropout must lie in \\[0, 1\\], got {p}"):
+        MultiHeadAttention(d_model=8, num_heads=2, dropout=p)
+
+
+def test_math_path_keeps_float64_in_float64():
+    q, k, v = (t.double() for t in qkv())
+    out = scaled_dot_product_attention(q, k, v, math_path=True)
+    assert out.dtype == torch.float64
+    torch.testing.assert_close(out, naive(q, k, v), atol=1e-12, rtol=1e-12)  # fp32 softmax would miss by ~1e-8
+
+
 def test_fast_dropout_path_equals_the_formula_with_the_same_mask():
     from posenc.attention import _attend
     from posenc.dropout import keep_mask, quantized_p

@@ -117,10 +117,26 @@ def test_identity_when_not_training_or_p_zero_and_dtype_kept():
     assert fast_dropout(x.bfloat16(), 0.1).dtype == torch.bfloat16
 
 
-@pytest.mark.parametrize("p", [-0.1, 1.0, 0.999999])
+@pytest.mark.parametrize("p", [-0.1, 1.5])
 def test_bad_probability(p):
-    with pytest.raises(ValueError, match="dropout probability"):
+    with pytest.raises(ValueError, match=f"dropout probability must lie in \\[0, 1\\], got {p}"):
         fast_dropout(torch.ones(3), p)
+
+
+@pytest.mark.parametrize("p", [1.0, 0.999999])
+def test_a_probability_beyond_the_16_bit_mask_is_torchs_dropout(p):
+    """Within 2^-17 of 1 the mask cannot keep with probability 1 - p: torch's dropout serves, as on the plain path."""
+    x, y = torch.randn(4000, requires_grad=True), torch.randn(4000, requires_grad=True)
+    torch.manual_seed(7)
+    got = fast_dropout(x, p)
+    torch.manual_seed(7)
+    want = torch.nn.functional.dropout(y, p)
+    if p == 1.0:
+        assert torch.equal(got, torch.zeros_like(x))
+    got.sum().backward()
+    want.sum().backward()
+    assert torch.equal(x.grad, y.grad)  # the same mask and scale
+    assert torch.equal(got == 0, want == 0)
 
 
 def test_module_follows_train_and_eval():

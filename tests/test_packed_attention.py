@@ -134,3 +134,68 @@ def test_layer_rows_are_projected_by_the_rows_of_in_proj():
     attn = MultiHeadAttention(d_model=8, num_heads=2, cross=True, encoding=build("sinusoidal", d_model=8))
     x = torch.randn(1, 3, 8)
     torch.testing.assert_close(attn._rows(x, 8, 24), x @ attn.in_proj.weight[8:].T + attn.in_proj.bias[8:])
+
+
+def attention(packed: bool, *, dropout: float = 0.1, cross: bool = False) -> MultiHeadAttention:
+    torch.manual_seed(0)
+    m = use_fast_path(MultiHeadAttention(d_model=32, num_heads=2, dropout=dropout, cross=cross)).train()
+    if not packed:
+        m._packs = lambda *a: False  # the general fast path
+    return m
+
+
+def test_a_float_mask_that_wants_a_gradient_gets_it_from_the_general_path():
+    from posenc.attention import build_mask
+
+    grads = []
+    for packed in (True, False):
+        m = attention(packed)
+        bias = torch.zeros(5, 5, requires_grad=True)
+        mask = build_mask(bias, None, batch=2, heads=2, q_len=5, k_len=5)
+        torch.manual_seed(1)
+        out = m(torch.randn(2, 5, 32), mask=mask)
+        grads.append(torch.autograd.grad(out.square().sum(), bias)[0])
+    assert grads[0].abs().sum() > 0
+    assert torch.equal(grads[0], grads[1])
+
+
+def test_second_derivatives_are_refused_with_a_clear_error():
+    m = attention(True)
+    x = torch.randn(2, 5, 32, requires_grad=True)
+    (gx,) = torch.autograd.grad(m(x).square().sum(), x, create_graph=True)  # first derivatives still work
+    with pytest.raises(RuntimeError, match="differentiate twice"):
+        gx.square().sum().backward()
+
+
+def test_a_memory_of_batch_one_is_broadcast_over_the_queries_as_on_the_general_path():
+    x, memory = torch.randn(3, 5, 32), torch.randn(1, 7, 32)
+    m = attention(True, cross=True)
+    torch.manual_seed(2)
+    broadcast = m(x, memory)
+    torch.manual_seed(2)
+    expanded = m(x, memory.expand(3, 7, 32))  # the packed node, the same dropout draws
+    assert torch.equal(broadcast, expanded)
+
+
+@pytest.mark.parametrize("p", [1.0, 1 - 2**-18])
+def test_a_drop_probability_beyond_the_16_bit_mask_leaves_the_packed_node(p):
+    x = torch.randn(2, 5, 32)
+    out = attention(True, dropout=p)(x)
+    assert torch.isfinite(out).all()
+    if p == 1.0:  # every weight dropped: only out_proj's bias remains, as on the plain path
+        plain = MultiHeadAttention(d_model=32, num_heads=2, dropout=p).train()
+        plain.load_state_dict(attention(False, dropout=p).state_dict())
+        torch.testing.assert_close(out, plain(x))
+        torch.testing.assert_close(out, plain.out_proj.bias.expand_as(out))
+    with pytest.raises(ValueError, match=f"got {p}"):
+        packed_attention(torch.randn(1, 2, 12), None, heads=2, mask=None, p=p)
+
+
+def test_packed_attention_names_a_bool_mask_and_bad_shapes():
+    x = torch.randn(2, 5, 12)
+    with pytest.raises(ValueError, match="float mask.*torch.bool"):
+        packed_attention(x, None, heads=2, mask=torch.ones(5, 5, dtype=torch.bool).triu(1), p=0.1)
+    with pytest.raises(ValueError, match=r"heads=5, got shape \(2, 5, 12\)"):
+        packed_attention(x, None, heads=5, mask=None, p=0.1)
+    with pytest.raises(ValueError, match=r"x_kv must be .* got \(3, 7, 8\)"):
+        packed_attention(torch.randn(2, 5, 4), torch.randn(3, 7, 8), heads=2, mask=None, p=0.1)

@@ -18,7 +18,7 @@ from torch import Tensor, nn
 
 from ._checks import check_rank
 from .cache import LayerCache
-from .dropout import fast_dropout
+from .dropout import fast_dropout, representable
 from .encodings.base import PositionalEncoding
 from .masks import AttentionMask, build_mask, causal_blocked, neg_large
 from .packed_attention import packed_attention
@@ -120,7 +120,7 @@ def _math_attention(
     elif is_causal:
         blocked = causal_blocked(q.shape[-2], k.shape[-2], q.device)
         scores = scores.masked_fill(blocked, neg_large(scores.dtype))
-    if fast and scores.dtype in (torch.bfloat16, torch.float16):
+    if fast or scores.dtype not in (torch.bfloat16, torch.float16):  # fp64 stays fp64
         weights = torch.softmax(scores, dim=-1)
     else:
         weights = torch.softmax(scores.float(), dim=-1).to(q.dtype)
@@ -186,6 +186,8 @@ class MultiHeadAttention(nn.Module):
         super().__init__()
         if d_model % num_heads:
             raise ValueError(f"d_model={d_model} is not divisible by num_heads={num_heads}")
+        if not 0.0 <= dropout <= 1.0:
+            raise ValueError(f"dropout must lie in [0, 1], got {dropout}")
         self.d_model, self.num_heads, self.head_dim = d_model, num_heads, d_model // num_heads
         self.dropout, self.cross = dropout, cross
         self.in_proj = nn.Linear(d_model, 3 * d_model, bias=bias)  # rows: W_Q | W_K | W_V
@@ -251,14 +253,18 @@ class MultiHeadAttention(nn.Module):
                 out = out + extra
         return out, weights  # (B, H, Tq, Dh), (B, H, Tq, Tk) or None
 
-    def _packs(self, mask: AttentionMask | None, cache: LayerCache | None, p: float) -> bool:
+    def _packs(self, x: Tensor, memory: Tensor | None, mask: AttentionMask | None, cache: LayerCache | None,
+               p: float) -> bool:
         """Whether this call takes :func:`posenc.packed_attention.packed_attention` (the fast path's attention
-        with dropout): no cache, nothing asked of the weights, no encoding hook inside attention, no dead rows."""
+        with dropout): no cache, nothing asked of the weights, no encoding hook inside attention, no dead rows,
+        no mask that wants a gradient, a memory of the queries' batch (not one broadcast over it)."""
         enc = self.encoding
         hooks = (enc.uses_rotate or enc.uses_bias or enc.uses_content_bias or enc.uses_value_term
                  or enc.uses_causal_attention)
-        return (self.fast_dropout and p > 0 and cache is None and not hooks and not self.use_math
-                and not self.capture_weights and (mask is None or mask.dead_rows is None))
+        mask_ok = mask is None or (mask.dead_rows is None and (mask.added is None or not mask.added.requires_grad))
+        memory_ok = not self.cross or (memory is not None and memory.shape[0] == x.shape[0])
+        return (self.fast_dropout and p > 0 and representable(p) and cache is None and not hooks
+                and not self.use_math and not self.capture_weights and mask_ok and memory_ok)
 
     def _packed(self, x: Tensor, memory: Tensor | None, mask: AttentionMask | None, p: float) -> Tensor:
         """Projections, then attention with dropout in one packed node: ``(B, Tq, D)``, before ``out_proj``."""
@@ -314,7 +320,7 @@ class MultiHeadAttention(nn.Module):
         """``x`` ``(B, Tq, D)`` -> ``(B, Tq, D)``. ``q_pos`` are the queries' positions; ``k_pos`` those of
         every key (cached ones included). With a cache, new keys and values are appended to it."""
         p = self.dropout if self.training else 0.0
-        if self._packs(mask, cache, p):
+        if self._packs(x, memory, mask, cache, p):
             return self.out_proj(self._packed(x, memory, mask, p))
         q, k, v = self._project(x, memory, cache)
         enc = self.encoding

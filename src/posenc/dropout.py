@@ -29,9 +29,13 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["FastDropout", "apply_mask", "fast_dropout", "keep_mask", "keep_scale", "quantized_p", "random_words"]
+__all__ = [
+    "FastDropout", "apply_mask", "fast_dropout", "keep_mask", "keep_scale", "quantized_p", "random_words",
+    "representable",
+]
 
 _LEVELS = 1 << 16
 _INT64_MIN = torch.iinfo(torch.int64).min
@@ -161,12 +165,23 @@ def apply_mask(x: Tensor, ones: Tensor, scale: float) -> Tensor:
     return torch.addcmul(x.new_zeros(()), x, ones, value=scale)
 
 
+def representable(p: float) -> bool:
+    """Whether the 16-bit mask can drop with probability ``p``: ``quantized_p(p) < 1``, i.e. ``p < 1 - 2^-17``."""
+    return quantized_p(p) < 1.0
+
+
 def fast_dropout(x: Tensor, p: float, training: bool = True, *, generator: torch.Generator | None = None) -> Tensor:
-    """Inverted dropout of ``x`` with a :func:`keep_mask`; the identity when ``p == 0`` or not training."""
-    if not 0.0 <= p < 1.0 or quantized_p(p) >= 1.0:
-        raise ValueError(f"dropout probability must lie in [0, 1 - 2^-17), got {p}")
+    """Inverted dropout of ``x`` with a :func:`keep_mask`; the identity when ``p == 0`` or not training.
+
+    A ``p`` within 2^-17 of 1 (1 included: everything dropped) is beyond the 16-bit mask's resolution; such calls
+    are ``torch.nn.functional.dropout``'s, so the fast path computes what the plain one does for every ``p``.
+    """
+    if not 0.0 <= p <= 1.0:
+        raise ValueError(f"dropout probability must lie in [0, 1], got {p}")
     if not training or p == 0.0:
         return x
+    if not representable(p):
+        return F.dropout(x, p, training=True)
     ones = keep_mask(x.shape, p, device=x.device, generator=generator, dtype=x.dtype)  # 0/1 in x's dtype
     return _ScaledMask.apply(x, ones, keep_scale(p))
 

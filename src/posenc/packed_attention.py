@@ -26,8 +26,9 @@ import math
 
 import torch
 from torch import Tensor
+from torch.autograd.function import once_differentiable
 
-from .dropout import apply_mask, keep_mask, keep_scale
+from .dropout import apply_mask, keep_mask, keep_scale, representable
 
 __all__ = ["packed_attention"]
 
@@ -80,6 +81,7 @@ class _PackedAttention(torch.autograd.Function):
         return _merge(out.unsqueeze(0), b)  # (B, Tq, D)
 
     @staticmethod
+    @once_differentiable  # the products write into preallocated gradients: no second derivative through them
     def backward(ctx, grad: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
         *packed, weights, dropped, keep = ctx.saved_tensors
         b, scale, kept, fused = ctx.sizes
@@ -105,8 +107,18 @@ def packed_attention(x_q: Tensor, x_kv: Tensor | None, *, heads: int, mask: Tens
 
     ``x_q`` is the fused ``(B, T, 3D)`` Q|K|V projection of self-attention (``x_kv`` None), or the ``(B, Tq, D)``
     query projection with ``x_kv`` the ``(B, Tk, 2D)`` K|V projection (cross-attention). ``mask`` is an additive
-    float mask, ``(Tq, Tk)`` or ``(B|1, H|1, Tq, Tk)``, whose every row leaves some key unblocked.
+    float mask, ``(Tq, Tk)`` or ``(B|1, H|1, Tq, Tk)``, whose every row leaves some key unblocked; it receives no
+    gradient. The node is differentiable once (no double backward).
     """
-    if not 0.0 < p < 1.0:
-        raise ValueError(f"packed_attention drops weights: p must lie in (0, 1), got {p}")
+    if not (0.0 < p < 1.0 and representable(p)):
+        raise ValueError(f"packed_attention drops weights: p must lie in (0, 1 - 2^-17), got {p}")
+    if mask is not None and not mask.is_floating_point():
+        raise ValueError(f"packed_attention takes an additive float mask (-inf or a large negative = blocked), "
+                         f"got a {mask.dtype} mask")
+    parts = 3 if x_kv is None else 1
+    if x_q.dim() != 3 or x_q.shape[-1] % (parts * heads):
+        raise ValueError(f"x_q must be (B, T, {parts} * heads * Dh) with heads={heads}, got shape {tuple(x_q.shape)}")
+    if x_kv is not None and (x_kv.dim() != 3 or x_kv.shape[0] != x_q.shape[0] or x_kv.shape[-1] != 2 * x_q.shape[-1]):
+        raise ValueError(f"x_kv must be (B, Tk, 2D) = (B={x_q.shape[0]}, Tk, {2 * x_q.shape[-1]}) for x_q of shape "
+                         f"{tuple(x_q.shape)}, got {tuple(x_kv.shape)}")
     return _PackedAttention.apply(x_q, x_kv, heads, mask, p)
