@@ -18,27 +18,40 @@ from collections.abc import Callable, Sequence
 import torch
 
 __all__ = [
-    "add_denormal_option",
-    "apply_denormal_option",
+    "add_process_options",
+    "apply_process_options",
     "child_json",
     "current_rss_mib",
     "machine",
     "matmul_peak_gflops",
     "median",
     "peak_rss_mib",
+    "process_flags",
     "table",
 ]
 
 
-def add_denormal_option(parser) -> None:
-    """``--denormals flush|keep``: the CPU's handling of denormal floats, for every system of the run alike."""
+def add_process_options(parser) -> None:
+    """``--denormals flush|keep`` and ``--malloc reuse|default``: how the process runs, for every system alike."""
     parser.add_argument("--denormals", choices=["flush", "keep"], default="flush",
                         help="flush (default; what `posenc train` does) or keep denormal floats; see "
                              "posenc.fast.flush_denormals. Set before any work, so torch's worker threads inherit it")
+    parser.add_argument("--malloc", choices=["reuse", "default"], default="reuse",
+                        help="reuse (default; what `posenc train` does: posenc.fast.reuse_freed_memory, glibc only) "
+                             "or default: glibc's own thresholds, under which a step's freed memory is faulted in anew")
 
 
-def apply_denormal_option(args) -> None:
+def apply_process_options(args) -> None:
     torch.set_flush_denormal(args.denormals == "flush")
+    if args.malloc == "reuse":
+        from posenc.fast import reuse_freed_memory
+
+        reuse_freed_memory()
+
+
+def process_flags(args) -> list[str]:
+    """The options of :func:`add_process_options` as command-line flags, for a child process."""
+    return ["--denormals", args.denormals, "--malloc", args.malloc]
 
 
 def matmul_peak_gflops(dtype: torch.dtype, *, size: int = 2048, repeats: int = 5) -> tuple[float, float]:

@@ -24,7 +24,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from _common import add_denormal_option, apply_denormal_option, child_json  # noqa: E402
+from _common import add_process_options, apply_process_options, child_json, process_flags  # noqa: E402
 
 from posenc.models import LanguageModel, LMConfig  # noqa: E402
 
@@ -91,7 +91,7 @@ def _measure(families: list[str], args: argparse.Namespace) -> dict[str, dict[st
 
 
 def _pair_in_child(family: str, args: argparse.Namespace) -> dict[str, dict[str, float]]:
-    flags = ["--pair", family, "--reps", str(args.reps), "--threads", str(args.threads), "--denormals", args.denormals]
+    flags = ["--pair", family, "--reps", str(args.reps), "--threads", str(args.threads), *process_flags(args)]
     for name in ("d_model", "heads", "layers", "length", "batch", "vocab"):
         flags += [f"--{name.replace('_', '-')}", str(getattr(args, name))]
     return child_json(__file__, flags, timeout=3600)
@@ -110,9 +110,9 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     p.add_argument("--one-process", action="store_true", help="all families in this process, interleaved")
     p.add_argument("--pair", help=argparse.SUPPRESS)  # child mode: NoPE and this one family
-    add_denormal_option(p)
+    add_process_options(p)
     args = p.parse_args()
-    apply_denormal_option(args)
+    apply_process_options(args)
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.pair:
@@ -126,7 +126,8 @@ def main() -> None:
         pairs = {f: _pair_in_child(f, args) for f in families}
     print(f"LanguageModel d={args.d_model}, {args.heads} heads, {args.layers} layers, T={args.length}, "
           f"batch {args.batch}, {args.reps} interleaved reps, torch {torch.__version__}, {torch.get_num_threads()} threads, "
-          f"denormals {args.denormals}, {'one process' if args.one_process else 'one process per family'}")
+          f"denormals {args.denormals}, malloc {args.malloc}, "
+          f"{'one process' if args.one_process else 'one process per family'}")
     print("| encoding | NoPE forward ms | forward ms | forward / NoPE | NoPE train step ms | train step ms | train / NoPE |")
     print("|---|---|---|---|---|---|---|")
     for f in families:

@@ -29,7 +29,7 @@ from torch.profiler import ProfilerActivity, profile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from _common import add_denormal_option, apply_denormal_option, matmul_peak_gflops  # noqa: E402
+from _common import add_process_options, apply_process_options, matmul_peak_gflops  # noqa: E402
 from _systems import add_step_options, model_flops, warm_step  # noqa: E402
 
 _PRODUCTS = ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm")
@@ -103,9 +103,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_step_options(ap, system="posenc+fast", config="base", precision="bf16")
     ap.add_argument("--reps", type=int, default=3)
-    add_denormal_option(ap)
+    add_process_options(ap)
     args = ap.parse_args()
-    apply_denormal_option(args)
+    apply_process_options(args)
     step, src, tgt, cfg = warm_step(args)
     calls = _record(step, src, tgt)
     replay, flops = _replay(calls)
@@ -118,7 +118,7 @@ def main() -> None:
     model = model_flops(cfg)
     tokens = cfg.batch * cfg.length
     print(f"{args.system}, {args.config} config, {args.precision}, {torch.get_num_threads()} threads, "
-          f"denormals {args.denormals}; matrix peak (2048^3) {peak:.0f} GFLOP/s")
+          f"denormals {args.denormals}, malloc {args.malloc}; matrix peak (2048^3) {peak:.0f} GFLOP/s")
     print("| | time per step | target tok/s | GFLOP/s of the products | MFU (model FLOPs / peak) |")
     print("|---|---|---|---|---|")
     print(f"| training step | {step_s:.3f} s | {tokens / step_s:,.0f} | {flops / step_s / 1e9:.0f} | "

@@ -28,7 +28,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from _common import add_denormal_option, apply_denormal_option, child_json, current_rss_mib, dump, machine, matmul_peak_gflops, median, peak_rss_mib, table  # noqa: E402
+from _common import add_process_options, apply_process_options, child_json, process_flags, current_rss_mib, dump, machine, matmul_peak_gflops, median, peak_rss_mib, table  # noqa: E402
 from _systems import CONFIGS, batch, make_step, model_flops, parameters  # noqa: E402
 
 PEERS = ("torch", "xtransformers")
@@ -72,7 +72,7 @@ def memory_of(cfg_name: str, precision: str, system: str, args: argparse.Namespa
     """Peak resident set of ``system`` training in a fresh process (see ``--child``)."""
     return child_json(__file__, [
         "--child", system, "--config", cfg_name, "--precision", precision, "--adam", args.adam, "--threads", str(args.threads),
-        "--denormals", args.denormals,
+        *process_flags(args),
     ])
 
 
@@ -105,7 +105,7 @@ def report(args: argparse.Namespace) -> None:
     runs and the higher of the two is used: on a shared machine a single reading may catch a busy moment."""
     systems = list(args.systems)
     first = measure_peaks()
-    print(f"machine: {machine()}")
+    print(f"machine: {machine()}; denormals {args.denormals}, malloc {args.malloc}")
     results = []
     for cfg_name in args.config:
         for precision in args.precision:
@@ -151,9 +151,9 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default, one per core)")
     ap.add_argument("--memory", action="store_true", help="also measure peak RSS, one fresh process per system")
     ap.add_argument("--child", help=argparse.SUPPRESS)
-    add_denormal_option(ap)
+    add_process_options(ap)
     args = ap.parse_args()
-    apply_denormal_option(args)
+    apply_process_options(args)
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.child:

@@ -1,9 +1,14 @@
+import platform
+import subprocess
+import sys
+
+import pytest
 import torch
 from torch import nn
 
 from posenc.attention import MultiHeadAttention
 from posenc.dropout import FastDropout
-from posenc.fast import use_fast_path
+from posenc.fast import reuse_freed_memory, use_fast_path
 from posenc.models import LanguageModel, LMConfig, Seq2Seq, Seq2SeqConfig
 
 
@@ -22,6 +27,13 @@ def test_switches_every_dropout_and_attention_and_back():
     use_fast_path(model, enabled=False)
     assert sum(type(m) is nn.Dropout for m in model.modules()) == plain
     assert not any(m.fast_dropout for m in model.modules() if isinstance(m, MultiHeadAttention))
+
+
+def test_an_in_place_dropout_is_left_as_it_is():
+    model = nn.Sequential(nn.Linear(4, 4), nn.Dropout(0.1, inplace=True), nn.Dropout(0.1))
+    use_fast_path(model)
+    assert type(model[1]) is nn.Dropout and model[1].inplace
+    assert type(model[2]) is FastDropout
 
 
 def test_same_outputs_and_gradients_without_dropout():
@@ -133,18 +145,20 @@ def test_flush_denormals_zeroes_denormals_and_leaves_attention_unchanged():
     torch.testing.assert_close(flushed, kept, atol=1e-30, rtol=1e-6)
 
 
-def test_training_flushes_denormals_unless_told_not_to(monkeypatch, tmp_path):
+@pytest.mark.parametrize("option, function", [("flush_denormal", "flush_denormals"),
+                                              ("reuse_memory", "reuse_freed_memory")])
+def test_training_sets_the_process_up_unless_told_not_to(option, function, monkeypatch, tmp_path):
     import posenc.train.loop as loop
     from posenc.train.config import RunConfig
 
     calls = []
-    monkeypatch.setattr(loop, "flush_denormals", lambda enabled=True: calls.append(enabled) or True)
+    monkeypatch.setattr(loop, function, lambda *a, **k: calls.append(1) or True)
     for flag in (True, False):
         cfg = RunConfig()
-        cfg.train.flush_denormal = flag
+        setattr(cfg.train, option, flag)
         cfg.train.run_dir = str(tmp_path / str(flag))
         loop._setup(cfg, lambda m: None, loop.Parallel(), torch.device("cpu"))
-    assert calls == [True]
+    assert calls == [1]
 
 
 def test_training_takes_the_fast_path_when_asked(tmp_path):
@@ -161,3 +175,39 @@ def test_training_takes_the_fast_path_when_asked(tmp_path):
         model = next(v for v in vars(setup).values() if isinstance(v, nn.Module))
         kinds[flag] = {type(m) for m in model.modules()} & {nn.Dropout, FastDropout}
     assert kinds == {False: {nn.Dropout}, True: {FastDropout}}
+
+
+_FAULTS = """
+import resource, sys, torch
+from posenc.fast import reuse_freed_memory
+applied = reuse_freed_memory() if sys.argv[1] == "reuse" else None
+def step():  # a training step's pattern: many large tensors allocated, written, all freed
+    xs = [torch.ones(1 << 20) for _ in range(40)]  # 40 x 4 MiB
+    del xs
+step()
+before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+for _ in range(3):
+    step()
+print(applied, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc", reason="glibc only")
+def test_reused_memory_is_not_faulted_in_again_at_every_step():
+    def faults(mode: str) -> tuple[str, int]:
+        out = subprocess.run([sys.executable, "-c", _FAULTS, mode], capture_output=True, text=True, check=True)
+        applied, count = out.stdout.split()
+        return applied, int(count)
+
+    pages = 3 * 40 * (4 << 20) // 4096  # what three steps write
+    applied, reused = faults("reuse")
+    assert applied == "True" and reused < pages // 20
+    _, default = faults("default")
+    assert default > pages // 5  # glibc hands the freed heap back and faults it in again (1/3 to all of it)
+
+
+@pytest.mark.parametrize("kw", [{"mmap_threshold": 0}, {"trim_threshold": 2**31}])
+def test_reuse_freed_memory_names_a_bad_threshold(kw):
+    (name, value), = kw.items()
+    with pytest.raises(ValueError, match=f"{name} must lie in .* got {value}"):
+        reuse_freed_memory(**kw)

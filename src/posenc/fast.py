@@ -17,6 +17,9 @@ modules stay the default so that the readable code is the code that runs unless 
 
 from __future__ import annotations
 
+import ctypes
+import platform
+import sys
 from typing import TypeVar
 
 import torch
@@ -25,18 +28,20 @@ from torch import nn
 from .attention import MultiHeadAttention
 from .dropout import FastDropout
 
-__all__ = ["flush_denormals", "use_fast_path"]
+__all__ = ["flush_denormals", "reuse_freed_memory", "use_fast_path"]
 
 M = TypeVar("M", bound=nn.Module)
 
 
 def use_fast_path(model: M, enabled: bool = True) -> M:
-    """Switch ``model`` (in place) to the fast path, or back to the plain one with ``enabled=False``."""
+    """Switch ``model`` (in place) to the fast path, or back to the plain one with ``enabled=False``.
+
+    An ``nn.Dropout(inplace=True)`` is left as it is (the fast dropout writes a new tensor)."""
     for module in list(model.modules()):
         if isinstance(module, MultiHeadAttention):
             module.fast_dropout = enabled
         for name, child in list(module.named_children()):
-            if enabled and type(child) is nn.Dropout:
+            if enabled and type(child) is nn.Dropout and not child.inplace:
                 setattr(module, name, FastDropout(child.p).train(child.training))
             elif not enabled and type(child) is FastDropout:
                 setattr(module, name, nn.Dropout(child.p).train(child.training))
@@ -57,3 +62,40 @@ def flush_denormals(enabled: bool = True) -> bool:
     unless ``train.flush_denormal = false``).
     """
     return bool(torch.set_flush_denormal(enabled))
+
+
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters (malloc.h)
+_INT_MAX = 2**31 - 1
+
+
+def reuse_freed_memory(*, mmap_threshold: int = 32 << 20, trim_threshold: int = 1 << 30) -> bool:
+    """Let glibc's malloc keep freed memory for the next allocation instead of handing it back to the OS; True if
+    applied (Linux with glibc), False elsewhere, where nothing changes.
+
+    A training step allocates and frees the same large tensors at every step. glibc serves a block above its mmap
+    threshold with a fresh mapping and unmaps it when freed, and gives the top of its heap back to the OS beyond
+    its trim threshold; both thresholds adapt to what the program frees, yet a Transformer step still gets much
+    of its memory as new pages every time, and each 4 KiB page faults when first written (the kernel maps and
+    zeroes it: ~1.7 us a page on this project's CPU). Measured on the base config of ``benchmarks/train_speed.py``
+    (d=512, 6+6 layers, bf16, 2 threads): 110-150 k page faults and 0.4-0.5 s of system time per step by default;
+    with blocks up to ``mmap_threshold`` taken from the heap and up to ``trim_threshold`` of free heap kept,
+    under 2.5 k faults and ~0.03 s, the resident set unchanged (2.27 GiB either way: a training loop's memory
+    returns to its peak at every step anyway). What frees memory for the rest of the machine is the end of the
+    process, not a step's end.
+
+    The setting is process-wide (like :func:`flush_denormals`), fixed from the call on (glibc's adaptive
+    thresholds are off from then), and cannot be undone; call it once, first thing. ``posenc train`` does
+    (``train.reuse_memory``). The same effect without code: the environment variables ``MALLOC_MMAP_THRESHOLD_``
+    and ``MALLOC_TRIM_THRESHOLD_``, or a caching allocator such as jemalloc or tcmalloc preloaded.
+    """
+    for name, value in (("mmap_threshold", mmap_threshold), ("trim_threshold", trim_threshold)):
+        if not 0 < value <= _INT_MAX:
+            raise ValueError(f"{name} must lie in (0, 2^31 - 1] bytes, got {value}")
+    if not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc":
+        return False
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return False
+    mallopt.argtypes, mallopt.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int
+    return bool(mallopt(_M_MMAP_THRESHOLD, mmap_threshold)) and bool(mallopt(_M_TRIM_THRESHOLD, trim_threshold))

@@ -60,14 +60,16 @@ def run_config(args: argparse.Namespace, **overrides: object):  # -> RunConfig
 
 
 def set_threads(n: int) -> None:
-    """Denormals flushed first (as ``posenc train`` does; see posenc.fast.flush_denormals), then ``n`` threads."""
+    """Denormals flushed and freed memory kept for reuse first (as ``posenc train`` does; see posenc.fast), then
+    ``n`` threads."""
     import torch
 
-    from ..fast import flush_denormals
+    from ..fast import flush_denormals, reuse_freed_memory
 
     if n < 0:
         raise ValueError(f"--threads must be >= 0 (0 = torch's default), got {n}")
     flush_denormals()
+    reuse_freed_memory()
     if n:
         torch.set_num_threads(n)
 

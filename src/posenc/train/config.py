@@ -110,6 +110,7 @@ class TrainConfig:
     threads: int = 1  # torch.set_num_threads (0 = torch's default); see the note above
     fast_path: bool = False  # posenc.fast.use_fast_path: cheaper dropout masks and attention passes, same function
     flush_denormal: bool = True  # treat denormal floats as zero: bias encodings' attention runs ~1.7x faster on CPU
+    reuse_memory: bool = True  # posenc.fast.reuse_freed_memory: freed tensors' memory is not faulted in anew each step
     run_dir: str = ""  # default: runs/<task or file>-<encoding>
     resume: str = "auto"  # auto | never | a checkpoint directory
     checkpoint_every: int = 500

@@ -33,7 +33,7 @@ from ..data.batch import Batch
 from ..data.dataset import Dataset
 from ..data.tokenizers import load_tokenizer
 from .checkpoint import atomic_write_text, checkpoint_dirs, latest_valid, load_checkpoint, read_state, save_checkpoint
-from ..fast import flush_denormals, use_fast_path
+from ..fast import flush_denormals, reuse_freed_memory, use_fast_path
 from .config import RunConfig
 from .distributed import Parallel, SilentLog, check_global_batch, evaluate_sharded, shard_batch
 from .drift import check_resume, run_signature
@@ -118,6 +118,8 @@ def _choose_attention(model: nn.Module, cfg: RunConfig, device: torch.device) ->
 def _setup(cfg: RunConfig, log: Callable[[str], None], par: Parallel, device: torch.device) -> _Setup:
     if cfg.train.flush_denormal:
         flush_denormals()  # before the thread pool starts, so that its workers inherit the mode
+    if cfg.train.reuse_memory:
+        reuse_freed_memory()  # glibc only; elsewhere nothing changes
     if cfg.train.threads > 0:
         torch.set_num_threads(cfg.train.threads)
     run_dir = pathlib.Path(cfg.train.run_dir) if cfg.train.run_dir else default_run_dir(cfg)
