@@ -68,11 +68,32 @@ def check_finite_weights(model: nn.Module, *, step: int, run_dir: str | pathlib.
                                      f"{last_checkpoint_note(run_dir)}")
 
 
+def _address_space_nearly_full(margin: int = 64 << 20) -> bool:
+    """Whether this process's address space lies within ``margin`` bytes of its ``RLIMIT_AS`` (Linux; False when
+    there is no limit or no way to tell)."""
+    try:
+        import resource
+
+        soft, _ = resource.getrlimit(resource.RLIMIT_AS)
+        if soft == resource.RLIM_INFINITY:
+            return False
+        with open("/proc/self/statm") as f:
+            size = int(f.read().split()[0]) * resource.getpagesize()
+    except (ImportError, OSError, ValueError):
+        return False
+    return size > soft - margin
+
+
 def _is_out_of_memory(err: BaseException) -> bool:
     if isinstance(err, (MemoryError, torch.OutOfMemoryError)):
         return True
+    if not isinstance(err, RuntimeError):
+        return False
     text = str(err).lower()
-    return isinstance(err, RuntimeError) and ("can't allocate memory" in text or "out of memory" in text)
+    if "can't allocate memory" in text or "out of memory" in text:
+        return True
+    # oneDNN (CPU matrix products) reports a failed allocation only as a failed primitive
+    return "could not create a primitive" in text and _address_space_nearly_full()
 
 
 @contextlib.contextmanager
