@@ -110,10 +110,13 @@ def test_memory_limit_stops_with_a_clear_message(tmp_path: pathlib.Path) -> None
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/statm")
 def test_memory_limit_with_freed_memory_reused_is_named_where_it_bites(tmp_path: pathlib.Path) -> None:
     """With freed memory kept (the default) the steps may fit in what earlier ones freed; wherever the limit bites,
-    a training step or the final evaluation, inside torch's allocator or oneDNN's, the message says memory."""
+    a training step or the final evaluation, inside torch's allocator or oneDNN's, the message says memory.
+    The evaluation is made to need more than the limit allows (a 64 MB feed-forward block, above the 32 MiB that
+    come from the heap), so that the limit bites somewhere."""
     cfg = tiny_config(tmp_path / "run", steps=10)
     cfg.model.d_model, cfg.model.dim_feedforward, cfg.model.num_layers = 64, 1024, 2
     cfg.data.batch_size, cfg.data.train_lengths = 64, [24, 30]
+    cfg.data.test_lengths, cfg.eval.examples, cfg.eval.batch_size = [60, 60], 256, 256
     (tmp_path / "cfg.json").write_text(cfg.to_json())
     proc = run_python(MEMORY_SCRIPT, str(tmp_path / "cfg.json"))
     assert proc.returncode == 1, proc.stdout + proc.stderr
@@ -123,3 +126,21 @@ def test_memory_limit_with_freed_memory_reused_is_named_where_it_bites(tmp_path:
     failed, named, kept = int(found.group(1)), pathlib.Path(found.group(3)), int(found.group(4))
     assert 2 < failed <= 10 and kept <= failed and kept % 2 == 0
     assert checkpoint_dirs(tmp_path / "run")[-1] == named and read_state(named)["step"] == kept
+
+
+ONEDNN_SCRIPT = """
+import resource
+from posenc.train.faults import _is_out_of_memory
+err = RuntimeError("could not create a primitive")
+before = _is_out_of_memory(err)
+with open("/proc/self/statm") as f:
+    size = int(f.read().split()[0]) * resource.getpagesize()
+resource.setrlimit(resource.RLIMIT_AS, (size + (16 << 20), resource.RLIM_INFINITY))
+print(before, _is_out_of_memory(err), _is_out_of_memory(RuntimeError("could not create a descriptor")))
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/statm")
+def test_a_failed_onednn_primitive_is_out_of_memory_only_near_the_address_space_limit() -> None:
+    proc = run_python(ONEDNN_SCRIPT)
+    assert proc.stdout.split() == ["False", "True", "False"], proc.stdout + proc.stderr
