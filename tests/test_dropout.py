@@ -123,10 +123,10 @@ def test_bad_probability(p):
         fast_dropout(torch.ones(3), p)
 
 
-@pytest.mark.parametrize("p", [1.0, 0.999999])
+@pytest.mark.parametrize("p", [1.0, 0.999999, 1e-6])
 def test_a_probability_beyond_the_16_bit_mask_is_torchs_dropout(p):
-    """Within 2^-17 of 1 the mask cannot keep with probability 1 - p: torch's dropout serves, as on the plain path."""
-    x, y = torch.randn(4000, requires_grad=True), torch.randn(4000, requires_grad=True)
+    """Within 2^-17 of 0 or 1 the mask would round p to 0 or 1: torch's dropout serves, as on the plain path."""
+    x, y = torch.randn(400_000, requires_grad=True), torch.randn(400_000, requires_grad=True)
     torch.manual_seed(7)
     got = fast_dropout(x, p)
     torch.manual_seed(7)
@@ -137,6 +137,8 @@ def test_a_probability_beyond_the_16_bit_mask_is_torchs_dropout(p):
     want.sum().backward()
     assert torch.equal(x.grad, y.grad)  # the same mask and scale
     assert torch.equal(got == 0, want == 0)
+    if p == 1e-6:
+        assert x.grad.max() > 1.0  # the kept entries scaled by 1 / (1 - p): dropout on, not rounded away
 
 
 def test_module_follows_train_and_eval():

@@ -177,7 +177,7 @@ def test_a_memory_of_batch_one_is_broadcast_over_the_queries_as_on_the_general_p
     assert torch.equal(broadcast, expanded)
 
 
-@pytest.mark.parametrize("p", [1.0, 1 - 2**-18])
+@pytest.mark.parametrize("p", [1.0, 1 - 2**-18, 2**-18])
 def test_a_drop_probability_beyond_the_16_bit_mask_leaves_the_packed_node(p):
     x = torch.randn(2, 5, 32)
     out = attention(True, dropout=p)(x)

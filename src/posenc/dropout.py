@@ -166,15 +166,16 @@ def apply_mask(x: Tensor, ones: Tensor, scale: float) -> Tensor:
 
 
 def representable(p: float) -> bool:
-    """Whether the 16-bit mask can drop with probability ``p``: ``quantized_p(p) < 1``, i.e. ``p < 1 - 2^-17``."""
-    return quantized_p(p) < 1.0
+    """Whether the 16-bit mask drops with probability ``p`` to its resolution: ``0 < quantized_p(p) < 1``, i.e.
+    ``2^-17 <= p < 1 - 2^-17`` (a smaller ``p`` would round to no dropout at all, a larger one to dropping all)."""
+    return 0.0 < quantized_p(p) < 1.0
 
 
 def fast_dropout(x: Tensor, p: float, training: bool = True, *, generator: torch.Generator | None = None) -> Tensor:
     """Inverted dropout of ``x`` with a :func:`keep_mask`; the identity when ``p == 0`` or not training.
 
-    A ``p`` within 2^-17 of 1 (1 included: everything dropped) is beyond the 16-bit mask's resolution; such calls
-    are ``torch.nn.functional.dropout``'s, so the fast path computes what the plain one does for every ``p``.
+    A ``p`` within 2^-17 of 0 or 1 (1 included: everything dropped) is beyond the 16-bit mask's resolution; such
+    calls are ``torch.nn.functional.dropout``'s, so the fast path computes what the plain one does for every ``p``.
     """
     if not 0.0 <= p <= 1.0:
         raise ValueError(f"dropout probability must lie in [0, 1], got {p}")

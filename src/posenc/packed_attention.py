@@ -110,8 +110,8 @@ def packed_attention(x_q: Tensor, x_kv: Tensor | None, *, heads: int, mask: Tens
     float mask, ``(Tq, Tk)`` or ``(B|1, H|1, Tq, Tk)``, whose every row leaves some key unblocked; it receives no
     gradient. The node is differentiable once (no double backward).
     """
-    if not (0.0 < p < 1.0 and representable(p)):
-        raise ValueError(f"packed_attention drops weights: p must lie in (0, 1 - 2^-17), got {p}")
+    if not representable(p):
+        raise ValueError(f"packed_attention drops weights: p must lie in [2^-17, 1 - 2^-17), got {p}")
     if mask is not None and not mask.is_floating_point():
         raise ValueError(f"packed_attention takes an additive float mask (-inf or a large negative = blocked), "
                          f"got a {mask.dtype} mask")
