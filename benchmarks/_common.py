@@ -46,7 +46,8 @@ def apply_process_options(args) -> None:
     if args.malloc == "reuse":
         from posenc.fast import reuse_freed_memory
 
-        reuse_freed_memory()
+        if not reuse_freed_memory():
+            print("--malloc reuse: not applied (not glibc); the C library's own allocator runs", file=sys.stderr)
 
 
 def process_flags(args) -> list[str]:

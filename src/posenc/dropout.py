@@ -167,7 +167,7 @@ def apply_mask(x: Tensor, ones: Tensor, scale: float) -> Tensor:
 
 def representable(p: float) -> bool:
     """Whether the 16-bit mask drops with probability ``p`` to its resolution: ``0 < quantized_p(p) < 1``, i.e.
-    ``2^-17 <= p < 1 - 2^-17`` (a smaller ``p`` would round to no dropout at all, a larger one to dropping all)."""
+    ``2^-17 < p < 1 - 2^-17`` (a smaller ``p`` would round to no dropout at all, a larger one to dropping all)."""
     return 0.0 < quantized_p(p) < 1.0
 
 

@@ -85,12 +85,13 @@ def reuse_freed_memory(*, mmap_threshold: int = 32 << 20, trim_threshold: int = 
 
     The setting is process-wide (like :func:`flush_denormals`), fixed from the call on (glibc's adaptive
     thresholds are off from then), and cannot be undone; call it once, first thing. ``posenc train`` does
-    (``train.reuse_memory``). The same effect without code: the environment variables ``MALLOC_MMAP_THRESHOLD_``
-    and ``MALLOC_TRIM_THRESHOLD_``, or a caching allocator such as jemalloc or tcmalloc preloaded.
+    (``train.reuse_memory``), as do ``posenc compare`` and ``posenc extend``. The same effect without code: the
+    environment variables ``MALLOC_MMAP_THRESHOLD_`` and ``MALLOC_TRIM_THRESHOLD_``, or a caching allocator such as
+    jemalloc or tcmalloc preloaded (with one of those, this call may report True and change nothing).
     """
     for name, value in (("mmap_threshold", mmap_threshold), ("trim_threshold", trim_threshold)):
-        if not 0 < value <= _INT_MAX:
-            raise ValueError(f"{name} must lie in (0, 2^31 - 1] bytes, got {value}")
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 < value <= _INT_MAX:
+            raise ValueError(f"{name} must be a whole number of bytes in (0, 2^31 - 1], got {value!r}")
     if not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc":
         return False
     try:

@@ -111,7 +111,7 @@ def packed_attention(x_q: Tensor, x_kv: Tensor | None, *, heads: int, mask: Tens
     gradient. The node is differentiable once (no double backward).
     """
     if not representable(p):
-        raise ValueError(f"packed_attention drops weights: p must lie in [2^-17, 1 - 2^-17), got {p}")
+        raise ValueError(f"packed_attention drops weights: p must lie in (2^-17, 1 - 2^-17), got {p}")
     if mask is not None and not mask.is_floating_point():
         raise ValueError(f"packed_attention takes an additive float mask (-inf or a large negative = blocked), "
                          f"got a {mask.dtype} mask")

@@ -135,7 +135,7 @@ err = RuntimeError("could not create a primitive")
 before = _is_out_of_memory(err)
 with open("/proc/self/statm") as f:
     size = int(f.read().split()[0]) * resource.getpagesize()
-resource.setrlimit(resource.RLIMIT_AS, (size + (16 << 20), resource.RLIM_INFINITY))
+resource.setrlimit(resource.RLIMIT_AS, (size + (16 << 20), resource.getrlimit(resource.RLIMIT_AS)[1]))
 print(before, _is_out_of_memory(err), _is_out_of_memory(RuntimeError("could not create a descriptor")))
 """
 

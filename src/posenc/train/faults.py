@@ -68,7 +68,7 @@ def check_finite_weights(model: nn.Module, *, step: int, run_dir: str | pathlib.
                                      f"{last_checkpoint_note(run_dir)}")
 
 
-def _address_space_nearly_full(margin: int = 64 << 20) -> bool:
+def _address_space_nearly_full(margin: int = 256 << 20) -> bool:
     """Whether this process's address space lies within ``margin`` bytes of its ``RLIMIT_AS`` (Linux; False when
     there is no limit or no way to tell)."""
     try:
@@ -92,7 +92,8 @@ def _is_out_of_memory(err: BaseException) -> bool:
     text = str(err).lower()
     if "can't allocate memory" in text or "out of memory" in text:
         return True
-    # oneDNN (CPU matrix products) reports a failed allocation only as a failed primitive
+    # oneDNN (CPU matrix products) reports a failed allocation only as a failed primitive; near the limit (closer
+    # than one large block) that is what it was
     return "could not create a primitive" in text and _address_space_nearly_full()
 
 
