@@ -8,6 +8,7 @@ import torch
 from posenc.cache import GrowingBuffer, KVCache, StackCache
 from posenc.encodings import PositionalEncoding, build, names
 from posenc.models import LanguageModel, LMConfig, Seq2Seq, Seq2SeqConfig
+from posenc.stacks import TransformerEncoder
 
 # Options an encoding needs to fit these small models (everything else is built from the model's context).
 SPEC_OPTIONS = {"learned": "learned:max_len=64"}
@@ -160,6 +161,16 @@ def test_length_dependent_rotation_needs_keys_cached_before_rotation():
         check_lm_cached(small_lm(LengthScaledTurn(after_cache=False), 1))
 
 
+@pytest.mark.parametrize("encoding", ["rope:scaling=dynamic,factor=4,original_max_len=4",
+                                      "randomized:inner=(rope:scaling=dynamic,factor=2,original_max_len=3)"])
+def test_dynamic_ntk_scales_each_sequence_by_its_own_length(encoding):
+    """The real dynamic NTK past its trained length (4 or 3 here; prompts of up to 7 tokens and steps beyond): in a
+    padded batch each row is rotated with its own length, so it matches the sequence alone (with the batch's
+    longest length, as one shared scale would give, the short rows differed by ~4e-3)."""
+    check_lm_cached(small_lm(encoding))
+    check_s2s_cached(small_s2s(encoding))
+
+
 def test_cross_attention_keys_and_values_computed_once():
     """After the first step the decoder never reads the memory again: garbage memory leaves the logits alone."""
     model = small_s2s("sinusoidal")
@@ -216,3 +227,17 @@ def test_reordered_cache_continues_like_the_reordered_batch():
         for row, i in enumerate(index.tolist()):
             ref = model(torch.cat([prompts[i], nxt[row]])[None])[0, -1]
             torch.testing.assert_close(got[row], ref, **TOL)
+
+
+def test_a_float_key_padding_mask_with_a_cache_is_refused_not_dropped():
+    """The cache records padding as bool; a float mask used to be dropped there (padded keys attended)."""
+    stack = TransformerEncoder(d_model=16, nhead=2, num_layers=1, dim_feedforward=32, dropout=0.0,
+                               positional_encoding="none", causal=True).eval()
+    x = torch.randn(2, 4, 16)
+    pad = torch.tensor([[True, True, False, False], [False] * 4])
+    float_pad = torch.zeros(2, 4).masked_fill(pad, float("-inf"))
+    with torch.no_grad():
+        with pytest.raises(ValueError, match=r"with a cache the key padding mask must be bool .*got torch.float32"):
+            stack(x, src_key_padding_mask=float_pad, cache=stack.new_cache())
+        cached = stack(x, src_key_padding_mask=float_pad.isneginf(), cache=stack.new_cache())
+        torch.testing.assert_close(cached[0, 2:], stack(x, src_key_padding_mask=float_pad)[0, 2:], **TOL)

@@ -205,8 +205,24 @@ def test_bad_arguments_name_the_value():
         generate(model, [[PAD]], max_new_tokens=0)
     with pytest.raises(ValueError, match="strategy must be one of"):
         generate(model, [[PAD]], max_new_tokens=2, strategy="nucleus")
-    with pytest.raises(ValueError, match="temperature must be > 0"):
+    with pytest.raises(ValueError, match="temperature must be a finite number > 0, got 0.0"):
         generate(model, [[PAD]], max_new_tokens=2, strategy="sample", temperature=0.0)
+    # the options of a strategy not in use are checked too: a bad value is named, not ignored
+    with pytest.raises(ValueError, match="top_p must lie in"):
+        generate(model, [[PAD]], max_new_tokens=2, strategy="greedy", top_p=5.0)
+    with pytest.raises(ValueError, match="temperature must be a finite number > 0, got -3"):
+        generate(model, [[PAD]], max_new_tokens=2, strategy="beam", temperature=-3)
+    for bad in (float("nan"), float("inf")):
+        with pytest.raises(ValueError, match=f"length_penalty must be a finite number, got {bad}"):
+            beam_search(model, [[PAD]], max_new_tokens=2, eos_id=EOS, length_penalty=bad)
+        with pytest.raises(ValueError, match=f"length_penalty must be a finite number, got {bad}"):
+            generate(model, [[PAD]], max_new_tokens=2, length_penalty=bad)
+    # an EOS outside the vocabulary could never be produced (greedy ran to the end) or crashed the beam
+    for strategy in ("greedy", "sample", "beam"):
+        with pytest.raises(ValueError, match="eos_id=4 is not in the model's vocabulary of 4 tokens"):
+            generate(model, [[PAD]], max_new_tokens=2, eos_id=4, strategy=strategy)
+    with pytest.raises(ValueError, match="eos_id=9 is not in the model's vocabulary of 4 tokens"):
+        beam_search(model, [[PAD]], max_new_tokens=2, eos_id=9, beam_size=4)
     with pytest.raises(ValueError, match=r"prompts\[1\] is empty"):
         generate(model, [[PAD], []], max_new_tokens=2)
     with pytest.raises(ValueError, match="bos_id must be a token id"):

@@ -134,6 +134,9 @@ class _Stack(nn.Module):
         q_pos = _positions(positions, _bool_padding(padding), cache, batch, length, x.device)
         if cache is None:
             return q_pos, q_pos, padding
+        if padding is not None and padding.dtype != torch.bool:
+            raise ValueError(f"with a cache the key padding mask must be bool (True = padding), as the cache records "
+                             f"it; got {padding.dtype} (for a 0 / -inf mask, pass mask.isneginf())")
         if q_pos.dim() == 1:
             q_pos = q_pos.expand(batch, length)
         k_pos, k_pad = cache.extend(q_pos, _bool_padding(padding))

@@ -67,3 +67,15 @@ def test_toeplitz_layout_equals_the_per_pair_lookup(causal, q0, tq, k0, tk):
             assert a is None and b is None
         else:
             torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])
+@pytest.mark.parametrize("causal, threshold", [(True, 512.0), (False, 512.0), (True, 3.0)])
+def test_a_cast_module_computes_in_its_dtype(dtype, causal, threshold):
+    """After ``model.double()`` or ``.to(torch.bfloat16)`` the MLP's inputs follow its weights (they were float32)."""
+    enc = FIRE(num_heads=2, causal=causal, init_threshold=threshold)
+    want = enc.bias(torch.arange(3, 9), torch.arange(9))
+    got = enc.to(dtype).bias(torch.arange(3, 9), torch.arange(9))
+    assert got.dtype == dtype
+    tol = dict(atol=1e-6, rtol=1e-6) if dtype == torch.float64 else dict(atol=0.05, rtol=0.05)
+    torch.testing.assert_close(got.float(), want, **tol)

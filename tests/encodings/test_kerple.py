@@ -38,3 +38,38 @@ def test_init_ranges(form, r1_max, r2_max):
 def test_bad_form():
     with pytest.raises(ValueError, match="form must be one of"):
         Kerple(num_heads=2, form="cubic")
+
+
+def test_power_exponent_is_kept_at_most_two():
+    """-|i - j|^r2 is conditionally positive definite for 0 < r2 <= 2 only (Chi et al. 2022)."""
+    enc = Kerple(num_heads=1, form="power")
+    with torch.no_grad():
+        enc.r1.fill_(1.0)
+        enc.r2.fill_(3.0)
+    b = enc.bias(torch.tensor([3]), torch.arange(4))
+    torch.testing.assert_close(b, torch.tensor([[[-9.0, -4.0, -1.0, 0.0]]]))
+    assert float(enc.r2.detach()) == 2.0
+
+
+@pytest.mark.parametrize("form", ["log", "power"])
+def test_a_parameter_pushed_out_of_range_sits_at_the_bound_and_still_learns(form):
+    """The stored values are clamped in place: a parameter below 1e-2 is moved to 1e-2 and gets a gradient there
+    (a clamped copy in the graph gave it exactly zero, so it could never come back)."""
+    enc = Kerple(num_heads=2, form=form)
+    with torch.no_grad():
+        enc.r1.copy_(torch.tensor([0.005, -1.0]))
+        enc.r2.copy_(torch.tensor([0.5, 0.001]))
+    enc.bias(torch.arange(5), torch.arange(5)).sum().backward()
+    torch.testing.assert_close(enc.r1.detach(), torch.tensor([0.01, 0.01]))
+    torch.testing.assert_close(enc.r2.detach(), torch.tensor([0.5, 0.01]))
+    assert (enc.r1.grad != 0).all() and (enc.r2.grad != 0).all()
+
+
+def test_clamping_leaves_an_earlier_graph_alone():
+    enc = Kerple(num_heads=2)
+    first = enc.bias(torch.arange(4), torch.arange(4)).sum()
+    with torch.no_grad():
+        enc.r1.fill_(-1.0)
+    enc.bias(torch.arange(4), torch.arange(4))  # clamps r1 in place
+    first.backward()  # no "modified by an inplace operation" error
+    assert torch.isfinite(enc.r1.grad).all()

@@ -131,9 +131,46 @@ def test_bad_options():
         RoPE(head_dim=8, layout="zigzag")
     with pytest.raises(ValueError, match="scaling must be one of"):
         RoPE(head_dim=8, scaling="magic")
-    with pytest.raises(ValueError, match="factor must be >= 1"):
-        RoPE(head_dim=8, factor=0.5)
+    with pytest.raises(ValueError, match="factor must be a finite number >= 1 .*got 0.5"):
+        RoPE(head_dim=8, scaling="linear", factor=0.5)
     with pytest.raises(ValueError, match="fewer than 2 dims"):
         RoPE(head_dim=8, fraction=0.1)
     with pytest.raises(ValueError, match="head_dim"):
         build("rope")
+
+
+@pytest.mark.parametrize("kw, message", [
+    ({"base": float("nan")}, "base must be a finite number > 1, got nan"),
+    ({"base": float("inf")}, "base must be a finite number > 1, got inf"),
+    ({"scaling": "linear", "factor": float("nan")}, "factor must be a finite number >= 1 .*got nan"),
+    ({"scaling": "yarn", "factor": float("inf")}, "factor must be a finite number >= 1 .*got inf"),
+])
+def test_non_finite_base_or_factor_is_named(kw, message):
+    with pytest.raises(ValueError, match=message):
+        RoPE(head_dim=8, **kw)
+
+
+@pytest.mark.parametrize("spec, message", [
+    ("rope:factor=8", r"factor=8.0 has no effect with scaling='none'; it is read by scaling linear / ntk"),
+    ("rope:scaling=linear,factor=2,beta_slow=-3", r"beta_slow=-3.0 has no effect with scaling='linear'.* yarn$"),
+    ("rope:scaling=yarn,factor=2,low_freq_factor=2", r"low_freq_factor=2.0 has no effect .* llama3$"),
+])
+def test_an_option_the_scaling_ignores_is_an_error(spec, message):
+    """``rope:factor=8`` alone used to be plain RoPE without a word: a context extension that did nothing."""
+    with pytest.raises(ValueError, match=message):
+        build(spec, head_dim=8)
+
+
+def test_original_max_len_is_accepted_with_any_scaling():  # it describes the model (posenc extend always sets it)
+    for scaling in ("none", "linear", "ntk"):
+        plain = RoPE(head_dim=8, scaling=scaling, factor=1.0 if scaling == "none" else 2.0)
+        described = RoPE(head_dim=8, scaling=scaling, factor=plain.factor, original_max_len=64)
+        assert torch.equal(plain.inv_freq, described.inv_freq)
+
+
+@pytest.mark.parametrize("scaling", ["ntk", "dynamic"])
+def test_ntk_scalings_need_a_rotary_width_above_two(scaling):
+    """b * s^(R/(R-2)) is undefined for R = 2: refused when built, not a ZeroDivisionError mid-generation."""
+    with pytest.raises(ValueError, match=f"{scaling} scales the base .* rotary width R of 2 .*head_dim=8, fraction=0.25"):
+        RoPE(head_dim=8, fraction=0.25, scaling=scaling, factor=2.0)
+    RoPE(head_dim=8, fraction=0.5, scaling=scaling, factor=2.0)  # R = 4 is fine

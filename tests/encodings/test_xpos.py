@@ -36,3 +36,16 @@ def test_bidirectional_is_refused():
     with pytest.raises(ValueError, match="causal only"):
         TransformerEncoder(d_model=16, nhead=2, num_layers=1, positional_encoding="xpos")
     assert build("xpos", head_dim=8, causal=True).rotate_after_cache is True
+
+
+@pytest.mark.parametrize("layout", ["interleaved", "half"])
+def test_an_odd_head_dim_passes_its_last_dim_through(layout):
+    """As RoPE does, an odd head's last dim is neither rotated nor decayed; the rest is xPos of the even part."""
+    enc, even = XPos(head_dim=7, layout=layout), XPos(head_dim=6, layout=layout)
+    q, k = torch.randn(2, 2, 5, 7), torch.randn(2, 2, 5, 7)
+    pos = torch.arange(3, 8)
+    got_q, got_k = enc.rotate(q, k, pos, pos)
+    want_q, want_k = even.rotate(q[..., :6], k[..., :6], pos, pos)
+    torch.testing.assert_close(got_q[..., :6], want_q)
+    torch.testing.assert_close(got_k[..., :6], want_k)
+    assert torch.equal(got_q[..., 6], q[..., 6]) and torch.equal(got_k[..., 6], k[..., 6])

@@ -60,11 +60,12 @@ class FIRE(PositionalEncoding):
 
     def _features(self, rel: Tensor, norm_pos: Tensor) -> Tensor:
         """Signed ``rel = j - i`` and ``max(L, i)`` (broadcastable) -> MLP inputs ``(..., 1 or 2)``."""
+        dtype = self.c.dtype  # the module's: float32 unless it was cast (model.double(), model.to(torch.bfloat16))
         dist = (-rel).clamp(min=0) if self.causal else rel.abs()
-        x = self._psi(dist.float()) / (self._psi(norm_pos) + EPS)
+        x = self._psi(dist.to(dtype)) / (self._psi(norm_pos.to(dtype)) + EPS)
         if self.causal:
             return x.unsqueeze(-1)
-        return torch.stack([x, torch.sign(rel).float()], dim=-1)
+        return torch.stack([x, torch.sign(rel).to(dtype)], dim=-1)
 
     def bias(self, q_pos: Tensor, k_pos: Tensor) -> Tensor:
         threshold = self.threshold.clamp(min=1.0)
@@ -80,7 +81,7 @@ class FIRE(PositionalEncoding):
             values = F.embedding(rel - lo, table)  # (..., Tq, Tk, H)
         else:
             rel = self._cache.get(q_pos, k_pos, relative_distance)
-            norm_pos = torch.maximum(threshold, q_pos.float()).unsqueeze(-1)  # (..., Tq, 1)
+            norm_pos = torch.maximum(threshold, q_pos.to(threshold.dtype)).unsqueeze(-1)  # (..., Tq, 1)
             values = self.mlp(self._features(rel, norm_pos))  # (..., Tq, Tk, H)
         return values.movedim(-1, -3)  # (H, Tq, Tk) or (B, H, Tq, Tk)
 

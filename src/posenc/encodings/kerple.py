@@ -5,8 +5,10 @@ A conditionally positive definite kernel of the distance ``|i - j|`` becomes a p
 * ``log``:   ``-r1 * log(1 + r2 |i - j|)``   (r1 ~ U(0, 2), r2 ~ U(0, 1) at init)
 * ``power``: ``-r1 * |i - j|^r2``            (r1 ~ U(0, 1), r2 ~ U(0, 2) at init)
 
-r1 and r2 are learned per head and kept positive by clamping them to at least 1e-2 in every forward (the
-authors' code), which keeps the kernel valid. The paper studies causal language models; for bidirectional
+r1 and r2 are learned per head. Each forward first clamps their stored values in place, as the authors' code
+does: r1, r2 >= 1e-2, and for the power form r2 <= 2 (``|i - j|^r2`` is conditionally positive definite for
+0 < r2 <= 2 only), which keeps the kernel valid. A parameter an optimizer step pushed out of range then sits at
+the bound and still gets its gradient (clamping a copy in the graph instead would give it none, for good). The paper studies causal language models; for bidirectional
 attention the same symmetric ``|i - j|`` is used. The distances of plain-range positions are cached.
 
 Legend: B batch, H heads, Tq / Tk query / key length.
@@ -26,6 +28,7 @@ from .base import PositionalEncoding, register
 __all__ = ["Kerple"]
 
 MIN_PARAM = 1e-2
+MAX_POWER = 2.0  # the power form's largest exponent r2
 
 
 @register("kerple")
@@ -50,11 +53,17 @@ class Kerple(PositionalEncoding):
         shape = (-1, 1, 1)
         if dist.dim() == 3:
             dist = dist[:, None]  # (B, 1, Tq, Tk)
-        r1 = self.r1.clamp(min=MIN_PARAM).view(shape)  # (H, 1, 1)
-        r2 = self.r2.clamp(min=MIN_PARAM).view(shape)
+        self._project()
+        r1, r2 = self.r1.view(shape), self.r2.view(shape)  # (H, 1, 1)
         if self.form == "log":
             return -r1 * torch.log1p(r2 * dist)  # (H, Tq, Tk) or (B, H, Tq, Tk)
         return -r1 * dist.pow(r2)
+
+    def _project(self) -> None:
+        """Clamp r1 and r2 into the kernel's range in place (through ``.data``: no autograd record, no version bump,
+        so a graph built before is unaffected)."""
+        self.r1.data.clamp_(min=MIN_PARAM)
+        self.r2.data.clamp_(min=MIN_PARAM, max=MAX_POWER if self.form == "power" else None)
 
     def extra_repr(self) -> str:
         return f"num_heads={self.num_heads}, form={self.form!r}"

@@ -14,7 +14,9 @@ The cos/sin tables are non-persistent float32 buffers computed in float64 and gr
 length limit and checkpoints do not carry them.
 
 **Dynamic NTK and the KV cache.** With ``scaling=dynamic`` the rotation depends on the current length
-``l = max(key position) + 1``, so a key's rotation changes as the sequence grows. The encoding sets
+``l = max(key position) + 1``, so a key's rotation changes as the sequence grows. With per-sequence positions
+``(B, T)`` each sequence uses its own length (its largest key position), so a sequence in a padded batch is rotated
+as it would be alone (Hugging Face's implementation takes one length, the batch's largest). The encoding sets
 ``rotate_after_cache``: attention then caches keys *before* rotation and re-rotates the whole cache at each step
 (Peng et al. 2023, section 3.3). Every attention of a cached step then uses the step's own length: in a one-layer
 model the step equals an uncached forward of the prefix that ends at that token (not a forward over the finished
@@ -27,6 +29,7 @@ Legend: B batch, H heads, T length, Dh head width, R rotary width (``fraction * 
 
 from __future__ import annotations
 
+import math
 from typing import Literal
 
 import torch
@@ -40,6 +43,22 @@ from .rope_scaling import SCALINGS, inverse_frequencies
 __all__ = ["RoPE", "apply_rotary", "convert_rope_layout", "rope_layout_permutation", "rotary_width"]
 
 LAYOUTS = ("interleaved", "half")
+_DYNAMIC_TABLES_KEPT = 16
+
+# The options each scaling reads beyond ``base`` and ``original_max_len`` (the trained context L, which describes the
+# model whatever the scaling); another given a value other than its default would have no effect.
+_DEFAULTS = {"factor": 1.0, "beta_fast": 32.0, "beta_slow": 1.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0}
+_READS = {"none": (), "linear": ("factor",), "ntk": ("factor",), "dynamic": ("factor",),
+          "yarn": ("factor", "beta_fast", "beta_slow"), "llama3": ("factor", "low_freq_factor", "high_freq_factor")}
+
+
+def _check_unused_options(scaling: str, **options: float) -> None:
+    """A ValueError for options set that ``scaling`` ignores (``rope:factor=8`` alone would be plain RoPE)."""
+    unused = [f"{k}={v}" for k, v in options.items() if k not in _READS[scaling] and v != _DEFAULTS[k]]
+    if unused:
+        users = [name for name, reads in _READS.items() if any(u.split("=")[0] in reads for u in unused)]
+        raise ValueError(f"{', '.join(unused)} has no effect with scaling={scaling!r}; it is read by scaling "
+                         f"{' / '.join(users)}")
 
 
 def rotary_width(head_dim: int, fraction: float) -> int:
@@ -122,15 +141,20 @@ class RoPE(PositionalEncoding):
         check_positive_int("original_max_len", original_max_len)
         self.layout = check_choice("layout", layout, LAYOUTS)
         self.scaling = check_choice("scaling", scaling, SCALINGS)
-        if base <= 1:
-            raise ValueError(f"base must be > 1, got {base}")
-        if factor < 1:
-            raise ValueError(f"factor must be >= 1 (the context is extended by it), got {factor}")
+        if not (math.isfinite(base) and base > 1):
+            raise ValueError(f"base must be a finite number > 1, got {base}")
+        if not (math.isfinite(factor) and factor >= 1):
+            raise ValueError(f"factor must be a finite number >= 1 (the context is extended by it), got {factor}")
+        _check_unused_options(scaling, factor=factor, beta_fast=beta_fast, beta_slow=beta_slow,
+                              low_freq_factor=low_freq_factor, high_freq_factor=high_freq_factor)
         if scaling == "llama3" and not high_freq_factor > low_freq_factor > 0:
             raise ValueError(f"llama3 needs high_freq_factor > low_freq_factor > 0, got {high_freq_factor}, {low_freq_factor}")
         if scaling == "yarn" and not beta_fast > beta_slow > 0:
             raise ValueError(f"yarn needs beta_fast > beta_slow > 0, got {beta_fast}, {beta_slow}")
         self.head_dim, self.rot_dim = head_dim, rotary_width(head_dim, fraction)
+        if scaling in ("ntk", "dynamic") and self.rot_dim == 2:
+            raise ValueError(f"{scaling} scales the base by s^(R/(R-2)), undefined for a rotary width R of 2 "
+                             f"(head_dim={head_dim}, fraction={fraction}); rotate more dims or use another scaling")
         self.base, self.factor, self.original_max_len = float(base), float(factor), original_max_len
         self._freq_options = dict(
             base=self.base, scaling=scaling, factor=self.factor, original_max_len=original_max_len,
@@ -144,7 +168,7 @@ class RoPE(PositionalEncoding):
         self.inv_freq = inv
         self.register_buffer("cos_table", torch.empty(0, self.rot_dim // 2), persistent=False)
         self.register_buffer("sin_table", torch.empty(0, self.rot_dim // 2), persistent=False)
-        self._dynamic_tables: tuple[int, torch.device, Tensor, Tensor] | None = None
+        self._dynamic_tables: dict[tuple[int, torch.device], tuple[Tensor, Tensor]] = {}
 
     # -- tables --------------------------------------------------------------------------------------------
     @staticmethod
@@ -166,12 +190,23 @@ class RoPE(PositionalEncoding):
         """The tables for a forward whose keys reach position ``length - 1``."""
         if not self.dynamic or length <= self.original_max_len:
             return self._static(length, device)
-        cached = self._dynamic_tables
-        if cached is None or cached[0] != length or cached[1] != device:
+        key = (length, device)
+        if key not in self._dynamic_tables:
+            if len(self._dynamic_tables) >= _DYNAMIC_TABLES_KEPT:  # a padded batch has a few lengths at a time
+                self._dynamic_tables.pop(next(iter(self._dynamic_tables)))
             inv, _ = inverse_frequencies(self.rot_dim, **self._freq_options, length=length)
-            cos, sin = self._tables(inv, length, self.mscale, device)
-            self._dynamic_tables = cached = (length, device, cos, sin)
-        return cached[2], cached[3]
+            self._dynamic_tables[key] = self._tables(inv, length, self.mscale, device)
+        return self._dynamic_tables[key]
+
+    def _dynamic_rows(self, positions: Tensor, lengths: list[int]) -> tuple[Tensor, Tensor]:
+        """cos and sin ``(B, T, R/2)`` at ``positions`` ``(B, T)``, each row with the tables of its own length."""
+        cos = torch.empty(*positions.shape, self.rot_dim // 2, device=positions.device)
+        sin = torch.empty_like(cos)
+        for length in sorted(set(lengths)):
+            rows = torch.tensor([i for i, n in enumerate(lengths) if n == length], device=positions.device)
+            table_cos, table_sin = self._current(length, positions.device)
+            cos[rows], sin[rows] = table_cos[positions[rows]], table_sin[positions[rows]]
+        return cos, sin
 
     def cos_sin(self, positions: Tensor, length: int | None = None) -> tuple[Tensor, Tensor]:
         """float32 cos and sin ``(T, R/2)`` or ``(B, T, R/2)`` at integer ``positions``.
@@ -194,8 +229,22 @@ class RoPE(PositionalEncoding):
         return apply_rotary(x, cos.to(x.dtype), sin.to(x.dtype), layout=self.layout)
 
     def rotate(self, q: Tensor, k: Tensor, q_pos: Tensor, k_pos: Tensor) -> tuple[Tensor, Tensor]:
+        if self.dynamic and k_pos.dim() == 2 and k_pos.numel() and q_pos.numel():
+            return self._rotate_rows(q, k, q_pos, k_pos)
         length = int(k_pos.max()) + 1 if k_pos.numel() else 0
         return self._rotate_one(q, q_pos, length), self._rotate_one(k, k_pos, length)  # (B, H, T, Dh)
+
+    def _rotate_rows(self, q: Tensor, k: Tensor, q_pos: Tensor, k_pos: Tensor) -> tuple[Tensor, Tensor]:
+        """Dynamic scaling with per-sequence positions: each row's length is its own largest position + 1."""
+        check_positions(q_pos)
+        check_positions(k_pos)
+        q_pos = q_pos.expand(k_pos.shape[0], -1) if q_pos.dim() == 1 else q_pos
+        lengths = (torch.maximum(q_pos.amax(-1), k_pos.amax(-1)) + 1).tolist()  # (B,)
+        out = []
+        for x, pos in ((q, q_pos), (k, k_pos)):
+            cos, sin = self._dynamic_rows(pos, lengths)  # (B, T, R/2)
+            out.append(apply_rotary(x, cos.unsqueeze(1).to(x.dtype), sin.unsqueeze(1).to(x.dtype), layout=self.layout))
+        return out[0], out[1]  # (B, H, T, Dh)
 
     def extra_repr(self) -> str:
         return (

@@ -21,6 +21,7 @@ from __future__ import annotations
 from typing import Literal
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from .base import register
@@ -61,11 +62,12 @@ class XPos(RoPE):
     def _decay(self, offset: Tensor, sign: float, like: Tensor) -> Tensor:
         """``zeta^(sign * offset / scale_base)`` per dim, shaped to multiply ``like`` ``(B, H, T, Dh)``."""
         power = offset.to(torch.float32).unsqueeze(-1) * (sign / self.scale_base) * self.log_zeta.to(offset.device)
-        scale = torch.exp(power)  # (T, R/2) or (B, T, R/2)
         if self.layout == "interleaved":
-            scale = scale.repeat_interleave(2, dim=-1)
+            power = power.repeat_interleave(2, dim=-1)
         else:
-            scale = torch.cat([scale, scale], dim=-1)
+            power = torch.cat([power, power], dim=-1)
+        # (T, R) or (B, T, R); an odd last dim is not rotated (see rotary_width) and not decayed either
+        scale = torch.exp(F.pad(power, (0, like.shape[-1] - self.rot_dim)))
         if scale.dim() == 3:
             scale = scale.unsqueeze(1)  # (B, 1, T, Dh)
         return scale.to(like.dtype)

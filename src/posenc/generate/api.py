@@ -8,13 +8,14 @@ training mode).
 
 from __future__ import annotations
 
+import math
 from typing import Literal
 
 import torch
 
 from .._checks import check_choice, check_positive_int
 from .beam import Hypothesis, beam_loop
-from .sampling import decode_loop, greedy_pick, sampler
+from .sampling import check_sampling, decode_loop, greedy_pick, sampler
 from .session import CausalLM, EncoderDecoder, LMSession, Seq2SeqSession, Session, TokenLists
 
 __all__ = ["Strategy", "beam_search", "generate", "translate"]
@@ -63,11 +64,22 @@ def _run(
     return decode_loop(session, pick=pick, max_new_tokens=max_new_tokens, eos_id=eos_id)
 
 
-def _check_common(strategy: str, max_new_tokens: int, eos_id: int | None, beam_size: int) -> None:
+def _check_length_penalty(length_penalty: float) -> None:
+    if not math.isfinite(length_penalty):
+        raise ValueError(f"length_penalty must be a finite number, got {length_penalty!r}")
+
+
+def _check_common(
+    strategy: str, max_new_tokens: int, eos_id: int | None, beam_size: int, length_penalty: float,
+    temperature: float, top_k: int | None, top_p: float | None,
+) -> None:
+    """Every option is checked, those of the strategies not in use too: a bad value is named, never ignored."""
     check_choice("strategy", strategy, _STRATEGIES)
     check_positive_int("max_new_tokens", max_new_tokens)
     _check_token("eos_id", eos_id, required=False)
     _check_beam(beam_size)
+    _check_length_penalty(length_penalty)
+    check_sampling(temperature=temperature, top_k=top_k, top_p=top_p)
 
 
 @torch.no_grad()
@@ -93,7 +105,7 @@ def generate(
     are reproducible for a given ``seed``), or ``"beam"`` (``beam_size``, ``length_penalty``; the best
     hypothesis; :func:`beam_search` gives the n best with scores).
     """
-    _check_common(strategy, max_new_tokens, eos_id, beam_size)
+    _check_common(strategy, max_new_tokens, eos_id, beam_size, length_penalty, temperature, top_k, top_p)
     session = LMSession(model, prompts, max_new_tokens=max_new_tokens, pad_id=_pad_id(model))
     return _run(
         session, strategy=strategy, max_new_tokens=max_new_tokens, eos_id=eos_id, temperature=temperature,
@@ -123,7 +135,7 @@ def translate(
     ``pad_id`` marks padding. Decoding starts from ``bos_id`` and a row stops at ``eos_id`` or after ``max_len``
     generated tokens (``eos_id=None``: always ``max_len``). ``strategy`` and its options are those of :func:`generate`.
     """
-    _check_common(strategy, max_len, eos_id, beam_size)
+    _check_common(strategy, max_len, eos_id, beam_size, length_penalty, temperature, top_k, top_p)
     _check_token("bos_id", bos_id, required=True)
     session = Seq2SeqSession(model, src, bos_id=bos_id, max_new_tokens=max_len, pad_id=_pad_id(model))
     return _run(
@@ -154,6 +166,7 @@ def beam_search(
     check_positive_int("max_new_tokens", max_new_tokens)
     _check_beam(beam_size, num_return)
     _check_token("eos_id", eos_id, required=False)
+    _check_length_penalty(length_penalty)
     session: Session
     if hasattr(model, "encode"):
         _check_token("bos_id", bos_id, required=True)

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from .sampling import check_in_vocabulary
 from .session import Session
 
 __all__ = ["Hypothesis", "beam_loop"]
@@ -113,6 +114,7 @@ def beam_loop(
     """Beam search over ``session``; for each sequence its ``num_return`` best hypotheses, best first."""
     k = beam_size
     logits = session.start()  # (B, V)
+    check_in_vocabulary("eos_id", eos_id, logits)
     batch, device = logits.shape[0], logits.device
     session.reorder(torch.arange(batch, device=device).repeat_interleave(k), within_source=False)  # (B*K) rows
     beam_scores = torch.full((batch, k), float("-inf"), device=device)

@@ -21,7 +21,7 @@ from torch import Tensor
 
 from .session import Session
 
-__all__ = ["decode_loop", "filter_logits", "greedy_pick", "sampler"]
+__all__ = ["check_in_vocabulary", "check_sampling", "decode_loop", "filter_logits", "greedy_pick", "sampler"]
 
 Pick = Callable[[Tensor], Tensor]
 
@@ -34,6 +34,21 @@ def _check_top_k(top_k: int | None) -> None:
 def _check_top_p(top_p: float | None) -> None:
     if top_p is not None and not 0.0 < float(top_p) <= 1.0:
         raise ValueError(f"top_p must lie in (0, 1], got {top_p!r}")
+
+
+def check_sampling(*, temperature: float, top_k: int | None, top_p: float | None) -> None:
+    """A ValueError naming a bad sampling option."""
+    if not temperature > 0 or temperature == float("inf"):
+        raise ValueError(f"temperature must be a finite number > 0, got {temperature!r} "
+                         "(use strategy='greedy' for argmax decoding)")
+    _check_top_k(top_k)
+    _check_top_p(top_p)
+
+
+def check_in_vocabulary(name: str, token: int | None, logits: Tensor) -> None:
+    """A ValueError if ``token`` is not an index of the model's vocabulary (the last dim of its ``logits``)."""
+    if token is not None and token >= logits.shape[-1]:
+        raise ValueError(f"{name}={token} is not in the model's vocabulary of {logits.shape[-1]} tokens")
 
 
 def filter_logits(logits: Tensor, *, top_k: int | None = None, top_p: float | None = None) -> Tensor:
@@ -68,10 +83,7 @@ def sampler(
     *, temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None, generator: torch.Generator | None = None
 ) -> Pick:
     """A function ``(B, V)`` logits -> ``(B,)`` sampled tokens."""
-    if not temperature > 0:
-        raise ValueError(f"temperature must be > 0, got {temperature!r} (use strategy='greedy' for argmax decoding)")
-    _check_top_k(top_k)
-    _check_top_p(top_p)
+    check_sampling(temperature=temperature, top_k=top_k, top_p=top_p)
 
     def pick(logits: Tensor) -> Tensor:
         scaled = logits.float() / temperature
@@ -84,6 +96,7 @@ def sampler(
 def decode_loop(session: Session, *, pick: Pick, max_new_tokens: int, eos_id: int | None) -> list[list[int]]:
     """Run ``session`` with one ``pick`` a step; each row's new tokens, cut before its first EOS."""
     logits = session.start()
+    check_in_vocabulary("eos_id", eos_id, logits)
     batch = logits.shape[0]
     out = torch.empty(batch, max_new_tokens, dtype=torch.long, device=logits.device)
     finished = torch.zeros(batch, dtype=torch.bool, device=logits.device)
