@@ -90,3 +90,10 @@ def test_seq2seq_cached_decoding_equals_full():
 def test_shared_embeddings_need_equal_vocab():
     with pytest.raises(ValueError, match="vocab 19 vs 17"):
         s2s(share_embeddings=True)
+
+
+@pytest.mark.parametrize("field", ["num_encoder_layers", "num_decoder_layers"])
+def test_seq2seq_names_a_bad_layer_count(field):
+    cfg = Seq2SeqConfig(src_vocab_size=5, tgt_vocab_size=5, d_model=16, num_heads=2, **{field: 0})
+    with pytest.raises(ValueError, match=f"{field} must be positive, got 0"):
+        Seq2Seq(cfg)

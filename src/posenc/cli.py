@@ -22,6 +22,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in COMMANDS:
         importlib.import_module(f"posenc.commands.{name}").register(sub)
+    for command in sub.choices.values():  # "--train.step 7" must not pass for --train.steps, as a file refuses it
+        command.allow_abbrev = False
     return parser
 
 

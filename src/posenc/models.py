@@ -132,6 +132,8 @@ class Seq2Seq(nn.Module):
         super().__init__()
         check_positive_int("src_vocab_size", config.src_vocab_size)
         check_positive_int("tgt_vocab_size", config.tgt_vocab_size)
+        check_positive_int("num_encoder_layers", config.num_encoder_layers)
+        check_positive_int("num_decoder_layers", config.num_decoder_layers)
         self.config = config
         common = dict(
             d_model=config.d_model, nhead=config.num_heads, dim_feedforward=config.dim_feedforward,

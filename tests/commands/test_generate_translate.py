@@ -61,3 +61,31 @@ def test_wrong_model_kind_is_refused(lm_run, s2s_run, capsys):
     assert "needs a model.kind 'seq2seq' run" in capsys.readouterr().err
     assert main(["generate", str(s2s_run), "--prompt", "ab"]) == 2
     assert "use `posenc translate`" in capsys.readouterr().err
+
+
+def test_unknown_prompt_characters_are_warned_about(lm_run, capsys):
+    """The task's alphabet is a-d here: 'xyz' is read as <unk>, which the README promises is never silent."""
+    assert main(["generate", str(lm_run), "--prompt", "ab", "--prompt", "xyz", "--max-new-tokens", "2"]) == 0
+    err = capsys.readouterr().err
+    assert "3 character(s) of the prompts are not in the run's vocabulary and were read as <unk>: 'xyz'" in err
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--top-k", "5"], "--top-k 5 applies to --strategy sample, not greedy"),
+    (["--temperature", "0.1", "--strategy", "beam"], "--temperature 0.1 applies to --strategy sample, not beam"),
+    (["--beam-size", "7", "--strategy", "sample"], "--beam-size 7 applies to --strategy beam, not sample"),
+    (["--input", "prompts.txt"], "give prompts with --prompt or with --input, not both"),
+])
+def test_an_option_that_would_do_nothing_is_refused(lm_run, capsys, extra, message):
+    assert main(["generate", str(lm_run), "--prompt", "ab", *extra]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_translate_refuses_beam_options_with_greedy(s2s_run, capsys):
+    assert main(["translate", str(s2s_run), "-", "--length-penalty", "5"]) == 2
+    assert "--length-penalty 5.0 applies to --strategy beam, not greedy" in capsys.readouterr().err
+
+
+def test_a_bad_device_is_named(lm_run, capsys):
+    assert main(["generate", str(lm_run), "--prompt", "ab", "--device", "foo"]) == 2
+    assert "device must be auto, cpu, cuda or cuda:N, got 'foo'" in capsys.readouterr().err

@@ -32,3 +32,19 @@ def test_errors_exit_2(tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str
     assert "not a run directory" in capsys.readouterr().err
     assert main(["train", *TINY, "--encoding", "nonsense", "--run-dir", str(tmp_path / "r")]) == 2
     assert "unknown positional encoding 'nonsense'" in capsys.readouterr().err
+
+
+def test_eval_options_a_run_cannot_use_are_refused(tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str]) -> None:
+    text = tmp_path / "corpus.txt"
+    text.write_text("the quick brown fox jumps over the lazy dog. " * 40, encoding="utf-8")
+    run = tmp_path / "text"
+    assert main(["train", *TINY, "--data.kind", "text", "--data.path", str(text), "--data.block_size", "16",
+                 "--run-dir", str(run)]) == 0
+    capsys.readouterr()
+    assert main(["eval", str(run), "--examples", "3"]) == 2  # was accepted and ignored
+    assert "--examples applies to built-in tasks; this run trained on data.kind 'text'" in capsys.readouterr().err
+    task = tmp_path / "task"
+    assert main(["train", *TINY, "--run-dir", str(task)]) == 0
+    capsys.readouterr()
+    assert main(["eval", str(task), "--lengths", ",,"]) == 2  # fell back to the run's own sets
+    assert "--lengths names no length: ',,'" in capsys.readouterr().err

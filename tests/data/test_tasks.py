@@ -42,6 +42,17 @@ def test_answers_are_right(i: int) -> None:
     assert len(table) == n and table[query] == y
 
 
+@pytest.mark.parametrize("lengths", [(18, 18), (19, 19), (20, 40)])
+def test_addition_beyond_int64(lengths: tuple[int, int]) -> None:
+    """The default test lengths reach 20 digits; 19 and more used to overflow int64 ("high is out of bounds")."""
+    for i in range(20):
+        for flip in (True, False):
+            x, y, n = _ex("addition", i, lengths, reversed_digits=flip)
+            a, b = (t[::-1] if flip else t for t in x.split("+"))
+            assert len(a) == len(b) == n and a[0] != "0" and b[0] != "0"
+            assert (y[::-1] if flip else y) == str(int(a) + int(b))
+
+
 def test_alphabet_size_limits_symbols() -> None:
     xs = "".join(_ex("copy", i, alphabet_size=3)[0] for i in range(50))
     assert set(xs) == set("abc")

@@ -64,3 +64,19 @@ def test_help_lists_defaults(capsys: pytest.CaptureFixture[str]) -> None:
 def test_bad_override_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["train", "--model.d_model", "x", "--print-config"]) == 2
     assert "model.d_model must be an int" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name, content, message", [
+    ("list.json", b"[1, 2]", r"config file .*list.json must hold a table of sections .*got a list"),
+    ("number.json", b"5", r"config file .*number.json must hold a table of sections .*got a int"),
+    ("latin1.toml", b"[model]\nencoding = \"caf\xe9\"\n", r"config file .*latin1.toml is not valid TOML text"),
+])
+def test_a_bad_file_is_named(tmp_path: pathlib.Path, name: str, content: bytes, message: str) -> None:
+    (tmp_path / name).write_bytes(content)
+    with pytest.raises(ValueError, match=message):
+        load_config_file(tmp_path / name)
+
+
+def test_a_directory_is_not_a_config_file(tmp_path: pathlib.Path) -> None:
+    with pytest.raises(ValueError, match=r"config file .* is a directory"):
+        load_config_file(tmp_path)

@@ -130,3 +130,51 @@ def test_attention_path_choice() -> None:
         _choose_attention(model, cfg, torch.device("cpu"))
         flags = {m.use_math for m in model.modules() if isinstance(m, MultiHeadAttention)}
         assert flags == {want}, (precision, mode)
+
+
+def test_a_failed_evaluation_keeps_the_trained_weights(tmp_path: pathlib.Path) -> None:
+    """A learned table too short for the test lengths: the final evaluation fails, the checkpoint is there."""
+    cfg = tiny(tmp_path, steps=3, checkpoint_every=100)
+    cfg.model.encoding = "learned:max_len=12"  # training reaches 2 * 4 + 2 tokens; the tests (5, 6) need 14
+    with pytest.raises(ValueError, match="past the learned table"):
+        train(cfg, log=_silent)
+    model, _, _ = load_run(cfg.train.run_dir)  # the step-3 weights
+    assert json.loads((pathlib.Path(cfg.train.run_dir) / "checkpoints" / "step_00000003" / "state.json")
+                      .read_text())["step"] == 3
+
+
+def test_a_fresh_start_drops_the_metric_rows_an_earlier_run_left(tmp_path: pathlib.Path) -> None:
+    import shutil
+
+    cfg = tiny(tmp_path, steps=4, log_every=1)
+    train(cfg, log=_silent)
+    run = pathlib.Path(cfg.train.run_dir)
+    def rows(name: str) -> list[list[str]]:  # step and split of each row (the timings differ)
+        return [ln.split(",")[:2] for ln in (run / name).read_text().splitlines()]
+
+    first = rows("metrics.csv"), rows("eval_lengths.csv"), len((run / "metrics.jsonl").read_text().splitlines())
+    assert len(first[0]) == 1 + 4 + 2  # header, 4 training rows, 2 evaluation sets at the end
+    shutil.rmtree(run / "checkpoints")  # nothing to resume from: the next run starts at step 0
+    train(cfg, log=_silent)
+    again = rows("metrics.csv"), rows("eval_lengths.csv"), len((run / "metrics.jsonl").read_text().splitlines())
+    assert again == first
+
+
+def test_a_run_directory_that_is_a_file_is_named(tmp_path: pathlib.Path) -> None:
+    cfg = tiny(tmp_path, steps=2)
+    pathlib.Path(cfg.train.run_dir).write_text("x")
+    with pytest.raises(ValueError, match=r"run is a file; the run directory and its checkpoints/ must be"):
+        train(cfg, log=_silent)
+    cfg.train.run_dir = str(tmp_path / "other")
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "checkpoints").write_text("x")
+    with pytest.raises(ValueError, match=r"checkpoints is a file"):
+        train(cfg, log=_silent)
+
+
+def test_resuming_past_the_last_step_says_so(tmp_path: pathlib.Path) -> None:
+    train(tiny(tmp_path, steps=4, checkpoint_every=2), log=_silent)
+    lines: list[str] = []
+    result = train(tiny(tmp_path, steps=3), log=lines.append)
+    assert result.step == 4
+    assert any("train.steps is 3 and the checkpoint is at step 4: nothing to train" in ln for ln in lines)

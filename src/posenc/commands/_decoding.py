@@ -23,6 +23,30 @@ def add_decoding_options(p: argparse.ArgumentParser, *, max_default: int) -> Non
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (default: cpu)")
 
 
+# The options that only one strategy reads, with their defaults: given with another strategy they would do nothing.
+_STRATEGY_OPTIONS = {"sample": {"temperature": 1.0, "top_k": None, "top_p": None},
+                     "beam": {"beam_size": 4, "length_penalty": 1.0}}
+
+
+def check_decoding_options(args: argparse.Namespace) -> None:
+    """A ValueError for an option the chosen strategy ignores, and for --prompt given with --input."""
+    for strategy, options in _STRATEGY_OPTIONS.items():
+        given = [f"--{k.replace('_', '-')} {getattr(args, k)}" for k, v in options.items() if getattr(args, k) != v]
+        if given and args.strategy != strategy:
+            raise ValueError(f"{', '.join(given)} applies to --strategy {strategy}, not {args.strategy}")
+    if getattr(args, "prompt", None) and args.input:
+        raise ValueError(f"give prompts with --prompt or with --input, not both (--input {args.input})")
+
+
+def warn_unknown(tokenizer: Any, what: str) -> None:
+    """Report the characters the tokenizer did not know (each was fed to the model as ``<unk>``)."""
+    count = getattr(tokenizer, "unknown_count", 0)
+    if count:
+        chars = "".join(sorted(tokenizer.unknown_chars))
+        print(f"posenc: warning: {count} character(s) of the {what} are not in the run's vocabulary and were "
+              f"read as <unk>: {chars!r}", file=sys.stderr)
+
+
 def decoding_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     return dict(
         strategy=args.strategy, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,

@@ -14,11 +14,16 @@ def run(args: argparse.Namespace) -> int:
 
     device = resolve_device(args.device)
     model, tokenizer, cfg = load_run(args.run_dir, checkpoint=args.checkpoint, device=device)
+    for flag, given in (("--lengths", args.lengths), ("--examples", args.examples)):
+        if given and cfg.data.kind != "task":
+            raise ValueError(f"{flag} applies to built-in tasks; this run trained on data.kind {cfg.data.kind!r}")
     if args.lengths:
-        if cfg.data.kind != "task":
-            raise ValueError(f"--lengths applies to built-in tasks; this run trained on data.kind {cfg.data.kind!r}")
         cfg.eval.lengths = [int(n) for n in args.lengths.split(",") if n.strip()]
+        if not cfg.eval.lengths:
+            raise ValueError(f"--lengths names no length: {args.lengths!r}")
     if args.examples:
+        if args.examples < 0:
+            raise ValueError(f"--examples must be >= 1, got {args.examples}")
         cfg.eval.examples = args.examples
     dataset = build_dataset(cfg, tokenizer=tokenizer)
     precision = args.precision or cfg.train.precision

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 
-from ._decoding import add_decoding_options, batches, decoding_kwargs, input_lines, load
+from ._decoding import (
+    add_decoding_options, batches, check_decoding_options, decoding_kwargs, input_lines, load, warn_unknown,
+)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -12,6 +14,7 @@ def run(args: argparse.Namespace) -> int:
 
     from ..generate import generate
 
+    check_decoding_options(args)
     model, tok, cfg = load(args, "lm")
     if cfg.data.kind == "task":  # trained as BOS prompt SEP answer EOS: the answer is the continuation
         from ..data.tasks import SEP
@@ -32,6 +35,7 @@ def run(args: argparse.Namespace) -> int:
             for line, out in zip(lines, outs):
                 text = tok.decode(out)
                 print(text if args.continuation_only else line + text, flush=True)
+    warn_unknown(tok, "prompts")
     return 0
 
 

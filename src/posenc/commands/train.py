@@ -1,6 +1,6 @@
 """``posenc train``: train (or resume) a run from a config file and command-line overrides.
 
-With no arguments it runs the built-in job: the copy task, decoder-only, NoPE, bf16, a few minutes on 2 CPU
+With no arguments it runs the built-in job: the copy task, decoder-only, NoPE, fp32, a few minutes on 2 CPU
 cores, then prints exact match within and beyond the training lengths.
 """
 

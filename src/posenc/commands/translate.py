@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import argparse
 
-from ._decoding import add_decoding_options, batches, decoding_kwargs, input_lines, load
+from ._decoding import (
+    add_decoding_options, batches, check_decoding_options, decoding_kwargs, input_lines, load, warn_unknown,
+)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -13,6 +15,7 @@ def run(args: argparse.Namespace) -> int:
 
     from ..generate import translate
 
+    check_decoding_options(args)
     model, tok, _ = load(args, "seq2seq")
     with torch.no_grad():
         for lines in batches(input_lines(None, args.input), args.batch_size):
@@ -23,6 +26,7 @@ def run(args: argparse.Namespace) -> int:
             )
             for out in outs:
                 print(tok.decode(out), flush=True)
+    warn_unknown(tok, "sources")
     return 0
 
 

@@ -78,8 +78,12 @@ def _repeat(rng: np.random.Generator, n: int, o: TaskOptions) -> tuple[str, str]
 
 
 def _number(rng: np.random.Generator, n: int) -> int:
+    """A uniform ``n``-digit number (no leading zero); past int64 (19 digits and more) digit by digit."""
     lo = 0 if n == 1 else 10 ** (n - 1)
-    return int(rng.integers(lo, 10**n))
+    if n <= 18:
+        return int(rng.integers(lo, 10**n))
+    digits = [int(rng.integers(1, 10)), *rng.integers(0, 10, size=n - 1).tolist()]
+    return int("".join(map(str, digits)))
 
 
 def _addition(rng: np.random.Generator, n: int, o: TaskOptions) -> tuple[str, str]:

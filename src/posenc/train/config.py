@@ -24,7 +24,7 @@ from .._checks import bool_word
 
 __all__ = [
     "ALIASES", "DataConfig", "EvalConfig", "ModelConfig", "OptimConfig", "RunConfig", "TrainConfig",
-    "add_override_arguments", "apply_overrides", "load_config_file", "run_config_from_dict", "to_toml",
+    "add_override_arguments", "apply_overrides", "check_types", "load_config_file", "run_config_from_dict", "to_toml",
 ]
 
 
@@ -213,6 +213,36 @@ def _section_from_dict(cls: type, data: dict[str, Any], where: str, base: Any = 
     return obj
 
 
+def _is_type(value: Any, hint: Any) -> bool:
+    if typing.get_origin(hint) is list:
+        (item,) = typing.get_args(hint)
+        return isinstance(value, list) and all(_is_type(v, item) for v in value)
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, hint)
+
+
+def check_types(cfg: RunConfig) -> None:
+    """A TypeError naming the first field whose value is not of the field's type: what a file or the command line
+    is refused for is refused for a config built in Python too (``steps = 2.5`` would never reach its last step)."""
+    for section, cls in SECTIONS.items():
+        values = getattr(cfg, section)
+        if not isinstance(values, cls):
+            raise TypeError(f"{section} must be a {cls.__name__}, got {type(values).__name__}")
+        for name, hint in _hints(cls).items():
+            value = getattr(values, name)
+            if not _is_type(value, hint):
+                raise TypeError(f"{section}.{name} must be {_type_words(hint)}, got {value!r}")
+
+
+def _type_words(hint: Any) -> str:
+    if typing.get_origin(hint) is list:
+        return f"a list of {typing.get_args(hint)[0].__name__}"
+    return {int: "an int", float: "a number", bool: "true or false", str: "a string"}[hint]
+
+
 def run_config_from_dict(data: dict[str, Any], base: RunConfig | None = None) -> RunConfig:
     """A ``RunConfig`` from nested dicts (a parsed file or ``config.json``), over ``base`` or the defaults."""
     cfg = base if base is not None else RunConfig()
@@ -227,13 +257,19 @@ def run_config_from_dict(data: dict[str, Any], base: RunConfig | None = None) ->
 def load_config_file(path: str | pathlib.Path, base: RunConfig | None = None) -> RunConfig:
     """Read a ``.toml`` or ``.json`` config file."""
     p = pathlib.Path(path)
+    if p.is_dir():
+        raise ValueError(f"config file {p} is a directory")
     if not p.is_file():
         raise FileNotFoundError(f"config file {p} does not exist")
-    text = p.read_text(encoding="utf-8")
+    kind = "JSON" if p.suffix == ".json" else "TOML"
     try:
+        text = p.read_text(encoding="utf-8")
         data = json.loads(text) if p.suffix == ".json" else tomllib.loads(text)
-    except (json.JSONDecodeError, tomllib.TOMLDecodeError) as err:
-        raise ValueError(f"config file {p} is not valid {'JSON' if p.suffix == '.json' else 'TOML'}: {err}") from err
+    except (UnicodeDecodeError, json.JSONDecodeError, tomllib.TOMLDecodeError) as err:
+        raise ValueError(f"config file {p} is not valid {kind} text: {err}") from err
+    if not isinstance(data, dict):
+        raise ValueError(f"config file {p} must hold a table of sections ([model], [train], ...), "
+                         f"got a {type(data).__name__}")
     return run_config_from_dict(data, base)
 
 

@@ -37,11 +37,12 @@ from ..fast import flush_denormals, reuse_freed_memory, use_fast_path
 from .config import RunConfig
 from .distributed import Parallel, SilentLog, check_global_batch, evaluate_sharded, shard_batch
 from .drift import check_resume, run_signature
-from .faults import (NONFINITE_POLICIES, NonFiniteLossError, TrainingError, check_finite_weights, is_finite_step,
+from .faults import (NonFiniteLossError, TrainingError, check_finite_weights, is_finite_step,
                      last_checkpoint_note, memory_guard)
 from .metrics import EvalResult, MetricsLog, autocast_context, evaluate, forward, token_loss
 from .optim import build_optimizer, build_schedule
 from .run import build_dataset, build_model, check_compatible, default_run_dir, resolve_device
+from .validate import check_run_config
 
 __all__ = ["TrainResult", "evaluate_sets", "format_results", "train"]
 
@@ -69,24 +70,6 @@ class _Setup:
     loss_count: int = 0
     par: Parallel = dataclasses.field(default_factory=Parallel)
     fwd: nn.Module | None = None  # what training calls: DDP's wrapper, or (FSDP) the model sharded; None: model
-
-
-def _check(cfg: RunConfig) -> None:
-    t = cfg.train
-    for what, v in (("train.steps", t.steps), ("train.grad_accum", t.grad_accum), ("train.log_every", t.log_every),
-                    ("train.checkpoint_every", t.checkpoint_every)):
-        if v < 1:
-            raise ValueError(f"{what} must be >= 1, got {v}")
-    if t.precision not in ("fp32", "bf16"):
-        raise ValueError(f"train.precision must be 'fp32' or 'bf16', got {t.precision!r}")
-    if t.attention not in ("auto", "fused", "math"):
-        raise ValueError(f"train.attention must be 'auto', 'fused' or 'math', got {t.attention!r}")
-    if t.time_limit_clock not in ("wall", "cpu"):
-        raise ValueError(f"train.time_limit_clock must be 'wall' or 'cpu', got {t.time_limit_clock!r}")
-    if t.nonfinite not in NONFINITE_POLICIES:
-        raise ValueError(f"train.nonfinite must be one of {', '.join(NONFINITE_POLICIES)}; got {t.nonfinite!r}")
-    if t.progress not in ("auto", "on", "off"):
-        raise ValueError(f"train.progress must be 'auto', 'on' or 'off', got {t.progress!r}")
 
 
 def _resume_point(cfg: RunConfig, run_dir: pathlib.Path) -> tuple[pathlib.Path, dict[str, Any]] | None:
@@ -123,6 +106,10 @@ def _setup(cfg: RunConfig, log: Callable[[str], None], par: Parallel, device: to
     if cfg.train.threads > 0:
         torch.set_num_threads(cfg.train.threads)
     run_dir = pathlib.Path(cfg.train.run_dir) if cfg.train.run_dir else default_run_dir(cfg)
+    for path in (run_dir, run_dir / "checkpoints"):
+        if path.exists() and not path.is_dir():
+            raise ValueError(f"{path} is a file; the run directory and its checkpoints/ must be directories "
+                             "(choose another train.run_dir)")
     run_dir.mkdir(parents=True, exist_ok=True)
     resume = _resume_point(cfg, run_dir)
     saved_tok = run_dir / "tokenizer.json"
@@ -159,6 +146,11 @@ def _setup(cfg: RunConfig, log: Callable[[str], None], par: Parallel, device: to
         if par.is_main:
             MetricsLog(run_dir).truncate_after(s.start_step)
         log(f"resumed from {path} (step {s.start_step})")
+        if s.start_step >= cfg.train.steps:
+            log(f"note: train.steps is {cfg.train.steps} and the checkpoint is at step {s.start_step}: "
+                "nothing to train")
+    elif par.is_main:  # a fresh start: rows an earlier run left (no valid checkpoint of it remains) are not this run's
+        MetricsLog(run_dir).truncate_after(0)
     par.reseed(cfg.train.seed, s.start_step)
     if par.is_main:
         atomic_write_text(run_dir / "config.json", cfg.to_json() + "\n")
@@ -231,6 +223,20 @@ def _eval_and_log(
     return results
 
 
+def _eval_keeping_weights(
+    s: _Setup, step: int, mlog: MetricsLog | SilentLog, elapsed: float, cpu: float
+) -> dict[str, EvalResult]:
+    """:func:`_eval_and_log`; if the evaluation fails (an encoding's table too short for a test length, say), this
+    step's checkpoint is written first, so that the trained weights outlive the error (single process only: under
+    ``torchrun`` the other ranks may still be evaluating)."""
+    try:
+        return _eval_and_log(s, step, mlog, elapsed, cpu)
+    except Exception:
+        if not s.par.active:
+            _checkpoint(s, step)
+        raise
+
+
 def _checkpoint(s: _Setup, step: int) -> None:
     """Rank 0 writes the full state (gathered first under FSDP); the others wait for it."""
     model, optimizer = s.par.full_state(s.model, s.optimizer)
@@ -279,7 +285,7 @@ def train(cfg: RunConfig, *, on_step: StepCallback | None = None, log: Callable[
     """Train (or resume) the run ``cfg`` describes; evaluate every ``eval.every`` steps and at the end.
 
     Under ``torchrun`` every process calls this; see ``distributed.py`` for what each rank does."""
-    _check(cfg)
+    check_run_config(cfg)
     par, device = Parallel.start(mode=cfg.train.parallel, timeout_s=cfg.train.dist_timeout,
                                  device=resolve_device(cfg.train.device))
     with par.explain_failures():
@@ -328,7 +334,7 @@ def _train(cfg: RunConfig, on_step: StepCallback | None, log: Callable[[str], No
                 bar.set_postfix(loss=f"{mean:.4f}", lr=f"{lr:.2e}")
                 s.loss_sum, s.loss_count = 0.0, 0
             if last or (cfg.eval.every > 0 and step % cfg.eval.every == 0):
-                evals = _eval_and_log(s, step, mlog, elapsed, time.process_time() - c0)
+                evals = _eval_keeping_weights(s, step, mlog, elapsed, time.process_time() - c0)
             if last or step % cfg.train.checkpoint_every == 0:
                 _checkpoint(s, step)
             bar.update(1)

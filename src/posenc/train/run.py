@@ -139,7 +139,10 @@ def default_run_dir(cfg: RunConfig) -> pathlib.Path:
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(name)
+    try:
+        dev = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {name!r}") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device {name!r} was asked for, but CUDA is not available here")
     return dev
@@ -153,7 +156,11 @@ def load_run(
     root = pathlib.Path(run_dir)
     if not (root / "config.json").is_file():
         raise FileNotFoundError(f"{root} is not a run directory (no config.json)")
-    cfg = run_config_from_dict(json.loads((root / "config.json").read_text(encoding="utf-8")))
+    try:
+        saved = json.loads((root / "config.json").read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"{root / 'config.json'} is not valid JSON ({err})") from None
+    cfg = run_config_from_dict(saved)
     tokenizer = load_tokenizer(root / "tokenizer.json")
     if checkpoint is None:
         found = latest_valid(root)

@@ -1,0 +1,90 @@
+"""The checks a run's config passes before anything is written: types, choices and ranges, each error naming the
+setting and its value. They hold for a config from a file, from the command line and built in Python alike, and
+run before the run directory is touched, so a refused config leaves no ``config.json`` behind."""
+
+from __future__ import annotations
+
+import math
+
+from .config import RunConfig, check_types
+from .distributed import PARALLEL_MODES
+from .faults import NONFINITE_POLICIES
+
+__all__ = ["check_run_config"]
+
+
+def _choice(what: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ValueError(f"{what} must be one of {', '.join(map(repr, choices))}; got {value!r}")
+
+
+def _at_least(what: str, value: float, low: float) -> None:
+    if not (math.isfinite(value) and value >= low):
+        raise ValueError(f"{what} must be a finite number >= {low:g}, got {value}")
+
+
+def _within(what: str, value: float, low: float, high: float, *, high_open: bool = False) -> None:
+    inside = low <= value < high if high_open else low <= value <= high
+    if not inside:
+        raise ValueError(f"{what} must lie in [{low:g}, {high:g}{')' if high_open else ']'}, got {value}")
+
+
+def _check_train(cfg: RunConfig) -> None:
+    t = cfg.train
+    for what, v in (("train.steps", t.steps), ("train.grad_accum", t.grad_accum), ("train.log_every", t.log_every),
+                    ("train.checkpoint_every", t.checkpoint_every)):
+        if v < 1:
+            raise ValueError(f"{what} must be >= 1, got {v}")
+    _choice("train.precision", t.precision, ("fp32", "bf16"))
+    _choice("train.attention", t.attention, ("auto", "fused", "math"))
+    _choice("train.time_limit_clock", t.time_limit_clock, ("wall", "cpu"))
+    _choice("train.nonfinite", t.nonfinite, NONFINITE_POLICIES)
+    _choice("train.progress", t.progress, ("auto", "on", "off"))
+    _choice("train.parallel", t.parallel, PARALLEL_MODES)
+    _at_least("train.threads (0 = torch's default)", t.threads, 0)
+    _at_least("train.keep_checkpoints (0 = keep all)", t.keep_checkpoints, 0)
+    _at_least("train.time_limit (0 = none)", t.time_limit, 0)
+    if not (math.isfinite(t.dist_timeout) and t.dist_timeout > 0):
+        raise ValueError(f"train.dist_timeout must be a finite number of seconds > 0, got {t.dist_timeout}")
+
+
+def _check_optim(cfg: RunConfig) -> None:
+    o = cfg.optim
+    _choice("optim.name", o.name, ("adam", "adamw"))
+    _choice("optim.schedule", o.schedule, ("noam", "cosine", "constant"))
+    if not (math.isfinite(o.lr) and o.lr > 0):
+        raise ValueError(f"optim.lr must be a finite number > 0, got {o.lr}")
+    _at_least("optim.warmup_steps", o.warmup_steps, 0)
+    _within("optim.min_lr_ratio", o.min_lr_ratio, 0.0, 1.0)
+    _within("optim.label_smoothing", o.label_smoothing, 0.0, 1.0, high_open=True)
+    _at_least("optim.grad_clip (0 = off)", o.grad_clip, 0)
+    _at_least("optim.weight_decay", o.weight_decay, 0)
+    _within("optim.beta1", o.beta1, 0.0, 1.0, high_open=True)
+    _within("optim.beta2", o.beta2, 0.0, 1.0, high_open=True)
+    if not (math.isfinite(o.eps) and o.eps > 0):
+        raise ValueError(f"optim.eps must be a finite number > 0, got {o.eps}")
+
+
+def _check_model_and_eval(cfg: RunConfig) -> None:
+    m, e = cfg.model, cfg.eval
+    for what, v in (("model.d_model", m.d_model), ("model.num_heads", m.num_heads),
+                    ("model.dim_feedforward", m.dim_feedforward)):
+        if v < 1:
+            raise ValueError(f"{what} must be >= 1, got {v}")
+    _within("model.dropout", m.dropout, 0.0, 1.0)
+    if m.kind == "lm" and m.decoder_encoding:
+        raise ValueError(f"model.decoder_encoding ({m.decoder_encoding!r}) is for seq2seq models; a model.kind 'lm' "
+                         "run takes model.encoding")
+    _at_least("eval.every (0 = only at the end)", e.every, 0)
+    _at_least("eval.max_blocks (0 = all)", e.max_blocks, 0)
+    if e.lengths and cfg.data.kind != "task":
+        raise ValueError(f"eval.lengths ({e.lengths}) applies to built-in tasks; this run's data.kind is "
+                         f"{cfg.data.kind!r}")
+
+
+def check_run_config(cfg: RunConfig) -> None:
+    """A TypeError or ValueError naming the first setting of ``cfg`` that cannot run."""
+    check_types(cfg)
+    _check_train(cfg)
+    _check_optim(cfg)
+    _check_model_and_eval(cfg)
