@@ -107,6 +107,8 @@ def test_registered_alibi_bias_vs_distance():
 def test_no_bias_is_an_error():
     with pytest.raises(ValueError, match="no bias"):
         arrays.bias_by_distance("sinusoidal", num_heads=2, max_distance=4)
+    with pytest.raises(ValueError, match="num_heads must be positive, got 0"):  # named, not d_model
+        arrays.bias_by_distance("alibi", num_heads=0, max_distance=4)
 
 
 def test_attention_maps_match_a_hand_computed_first_layer():

@@ -112,6 +112,7 @@ def bias_by_distance(
     at j, against ``d = i - j`` -- ``0..max_distance`` (keys in the past) when causal, ``-max..max`` otherwise.
     """
     check_positive_int("max_distance", max_distance)
+    check_positive_int("num_heads", num_heads)
     enc = build_for_picture(spec, d_model=8 * num_heads, num_heads=num_heads, causal=causal)
     if not enc.uses_bias:
         raise ValueError(f"encoding {enc.name!r} adds no bias to the attention logits; try posenc plot matrix")
