@@ -48,3 +48,16 @@ def test_eval_options_a_run_cannot_use_are_refused(tmp_path: pathlib.Path, capsy
     capsys.readouterr()
     assert main(["eval", str(task), "--lengths", ",,"]) == 2  # fell back to the run's own sets
     assert "--lengths names no length: ',,'" in capsys.readouterr().err
+
+
+def test_eval_of_another_runs_checkpoint_says_the_data_differ(tmp_path: pathlib.Path,
+                                                              capsys: pytest.CaptureFixture[str]) -> None:
+    copy, rev = tmp_path / "copy", tmp_path / "reverse"
+    assert main(["train", *TINY, "--task", "copy", "--run-dir", str(copy)]) == 0
+    assert main(["train", *TINY, "--task", "reverse", "--run-dir", str(rev)]) == 0
+    capsys.readouterr()
+    assert main(["eval", str(copy), "--checkpoint", str(rev / "checkpoints" / "step_00000005")]) == 0
+    err = capsys.readouterr().err
+    assert "was trained on other data than" in err and "data.task: checkpoint 'reverse', this run 'copy'" in err
+    assert main(["eval", str(copy), "--checkpoint", str(copy / "checkpoints" / "step_00000005")]) == 0
+    assert "note" not in capsys.readouterr().err

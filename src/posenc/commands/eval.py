@@ -5,15 +5,22 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 
 
 def run(args: argparse.Namespace) -> int:
     from ..train.checkpoint import read_state
+    from ..train.drift import data_differences
     from ..train.loop import evaluate_sets, format_results
     from ..train.run import build_dataset, latest_valid, load_run, resolve_device
 
     device = resolve_device(args.device)
     model, tokenizer, cfg = load_run(args.run_dir, checkpoint=args.checkpoint, device=device)
+    if args.checkpoint is not None:  # another run's checkpoint may share the model, not the data it was trained on
+        diffs = data_differences(read_state(args.checkpoint), cfg)
+        if diffs:
+            print(f"posenc: note: checkpoint {args.checkpoint} was trained on other data than {args.run_dir} "
+                  f"({'; '.join(diffs)}); it is evaluated on {args.run_dir}'s", file=sys.stderr)
     for flag, given in (("--lengths", args.lengths), ("--examples", args.examples)):
         if given and cfg.data.kind != "task":
             raise ValueError(f"{flag} applies to built-in tasks; this run trained on data.kind {cfg.data.kind!r}")

@@ -19,7 +19,7 @@ import torch
 from .checkpoint import CheckpointError
 from .config import RunConfig
 
-__all__ = ["check_resume", "run_signature", "world_size"]
+__all__ = ["check_resume", "data_differences", "run_signature", "world_size"]
 
 
 def world_size() -> int:
@@ -40,21 +40,29 @@ def _flat(sig: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def data_differences(state: dict[str, Any], cfg: RunConfig) -> list[str]:
+    """The data settings (and seed, accumulation) in which a checkpoint's run differs from ``cfg``, one line each;
+    empty for a checkpoint without a recorded signature (an older format)."""
+    saved = state.get("run_signature")
+    if saved is None:
+        return []
+    old, new = _flat(saved), _flat(run_signature(cfg))
+    # a setting added or dropped since is not compared (older checkpoints recorded world_size, which no longer
+    # changes the batch stream)
+    return [f"{k}: checkpoint {old.get(k)!r}, this run {new.get(k)!r}"
+            for k in sorted(old) if k in new and old[k] != new[k]]
+
+
 def check_resume(state: dict[str, Any], cfg: RunConfig, where: str) -> list[str]:
     """Refuse (``CheckpointError``) a resume whose batch stream would differ; return optimizer differences.
 
     A checkpoint without a recorded signature (an older format) is not checked, nor is a setting added to the
     config after the checkpoint was written (its default cannot have been recorded).
     """
-    saved = state.get("run_signature")
-    if saved is not None:
-        old, new = _flat(saved), _flat(run_signature(cfg))
-        diffs = [f"{k}: checkpoint {old.get(k)!r}, this run {new.get(k)!r}"
-                 for k in sorted(old) if k in new and old[k] != new[k]]  # a setting added or dropped since is not
-        # compared (older checkpoints recorded world_size, which no longer changes the batch stream)
-        if diffs:
-            raise CheckpointError(f"checkpoint {where} belongs to a run with other data settings; resuming it would "
-                                  f"mix two runs: " + "; ".join(diffs) + ". Use another --run-dir for a new run")
+    diffs = data_differences(state, cfg)
+    if diffs:
+        raise CheckpointError(f"checkpoint {where} belongs to a run with other data settings; resuming it would "
+                              f"mix two runs: " + "; ".join(diffs) + ". Use another --run-dir for a new run")
     optim = state.get("optim_config")
     if optim is None:
         return []
