@@ -144,3 +144,19 @@ def test_bad_configs():
         RunConfig(train_min=5, train_max=4)
     with pytest.raises(FileNotFoundError):
         CharText("/nonexistent/file.txt")
+
+
+def test_each_kind_of_run_directory_names_the_other(tmp_path):
+    """A lab run (run.json) and a trainer run (config.json) are not interchangeable; each loader says which it is."""
+    from posenc.train.run import load_run as load_train_run
+
+    (tmp_path / "lab").mkdir()
+    (tmp_path / "lab" / "run.json").write_text("{}")
+    (tmp_path / "trained").mkdir()
+    (tmp_path / "trained" / "config.json").write_text("{}")
+    with pytest.raises(FileNotFoundError, match="is a run of `posenc compare` .*takes a run directory of `posenc train`"):
+        load_train_run(tmp_path / "lab")
+    with pytest.raises(FileNotFoundError, match="is a run of `posenc train` .*takes a run of `posenc compare`"):
+        load_run(tmp_path / "trained")
+    with pytest.raises(FileNotFoundError, match="holds no run.json"):
+        load_run(tmp_path)

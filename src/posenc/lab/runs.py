@@ -223,6 +223,9 @@ def load_run(run_dir: str | pathlib.Path) -> tuple[nn.Module, RunConfig]:
     run_dir = pathlib.Path(run_dir)
     meta = _read_meta(run_dir)
     if meta is None:
+        if (run_dir / "config.json").is_file():
+            raise FileNotFoundError(f"{run_dir} is a run of `posenc train` (config.json); this takes a run of `posenc "
+                                    "compare` or `posenc extend` (OUT/runs/NAME, with a run.json)")
         raise FileNotFoundError(f"{run_dir} holds no run.json: not a posenc lab run directory")
     config = RunConfig.from_dict(meta["config"])
     model = make_model(config, make_data(config).vocab_size)

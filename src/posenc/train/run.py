@@ -155,6 +155,9 @@ def load_run(
     """``(model, tokenizer, config)`` of a run: the newest valid checkpoint (or ``checkpoint``), eval mode."""
     root = pathlib.Path(run_dir)
     if not (root / "config.json").is_file():
+        if (root / "run.json").is_file():
+            raise FileNotFoundError(f"{root} is a run of `posenc compare` (run.json); this takes a run directory of "
+                                    "`posenc train` (with a config.json); `posenc plot attention` reads compare runs")
         raise FileNotFoundError(f"{root} is not a run directory (no config.json)")
     try:
         saved = json.loads((root / "config.json").read_text(encoding="utf-8"))
