@@ -24,6 +24,9 @@ def test_missing_empty_and_not_utf8(tmp_path) -> None:
     (tmp_path / "empty.txt").write_bytes(b"")
     with pytest.raises(ValueError, match="empty.txt: the file is empty"):
         read_lines(tmp_path / "empty.txt")
+    (tmp_path / "bom.txt").write_bytes(b"\xef\xbb\xbf\r\n")  # an "empty" UTF-8 file as some editors save it
+    with pytest.raises(ValueError, match="bom.txt: the file is empty"):
+        read_lines(tmp_path / "bom.txt")
     (tmp_path / "empty.gz").write_bytes(gzip.compress(b"\n"))
     with pytest.raises(ValueError, match="empty.gz: the file is empty"):
         read_lines(tmp_path / "empty.gz")

@@ -43,6 +43,17 @@ def test_evaluate_against_a_direct_computation() -> None:
     assert res.per_length == {3: (2, 2), 4: (1, 0)}
 
 
+def test_a_row_without_targets_is_no_sequence_per_length_either() -> None:
+    """Left out of the overall exact match, and (now) of the per-length table, as the sharded evaluation does."""
+    logits = torch.zeros(3, 4, 6)
+    logits[0, 0, 3] = logits[0, 1, 4] = logits[0, 2, 5] = 1.0  # row 0 right at every real target
+    targets = torch.tensor([[3, 4, 5, 0], [1, 0, 0, 0], [0, 0, 0, 0]])  # row 1 wrong (argmax 0), row 2 all padding
+    batch = Batch(inputs=torch.zeros(3, 4, dtype=torch.long), targets=targets, lengths=torch.tensor([3, 1, 2]))
+    res = evaluate(FixedLogits(logits), [batch], model_kind="lm", pad_id=0, device=torch.device("cpu"))
+    assert res.sequences == 2 and res.exact_match == pytest.approx(0.5)
+    assert res.per_length == {1: (1, 0), 3: (1, 1)}
+
+
 def test_token_loss_with_label_smoothing() -> None:
     logits, targets = torch.randn(2, 5, 7), torch.randint(1, 7, (2, 5))
     targets[0, 0] = 0

@@ -42,10 +42,10 @@ def read_lines(path: str | os.PathLike[str]) -> list[str]:
     """
     path = pathlib.Path(path)
     raw = _read_bytes(path)
+    if raw.startswith(b"\xef\xbb\xbf"):  # a byte-order mark alone is an empty file too
+        raw = raw[3:]
     if not raw.strip(b"\r\n"):
         raise ValueError(f"{path}: the file is empty")
-    if raw.startswith(b"\xef\xbb\xbf"):
-        raw = raw[3:]
     chunks = raw.split(b"\n")
     if chunks[-1] == b"":  # a final newline ends the last line rather than starting a new one
         chunks.pop()

@@ -7,7 +7,8 @@ validation text has no unknown character); a BPE tokenizer is trained on the tra
 Training batch ``k`` takes ``batch_size`` blocks of ``block_size + 1`` tokens at offsets drawn from
 ``numpy.random.default_rng([seed, crc32("train"), k])``: a pure function of ``(seed, k)``, so resuming at batch
 ``k`` continues the very same stream. Validation reads the validation tokens as consecutive, non-overlapping
-blocks; the last, shorter block is padded (its padding targets are ignored), so every validation token counts.
+blocks, the first of them starting at the training text's last token (the context of the first validation token);
+the last, shorter block is padded (its padding targets are ignored), so every validation token is scored once.
 
 Legend: B batch, T block size.
 """
@@ -112,7 +113,9 @@ class TextDataset:
     def eval_batches(self, name: str) -> Iterator[Batch]:
         if name != "valid":
             raise ValueError(f"no evaluation set {name!r}; have valid")
-        T, data, pad = self.block_size, self.val_ids, self.tokenizer.pad_id
+        # The first block starts at the training text's last token, so the first validation token is a target too.
+        T, pad = self.block_size, self.tokenizer.pad_id
+        data = torch.cat([self.train_ids[-1:], self.val_ids])
         starts = list(range(0, len(data) - 1, T))
         if self.eval_max_blocks:
             starts = starts[: self.eval_max_blocks]

@@ -109,7 +109,9 @@ def evaluate(
             seqs += int(real.any(dim=1).sum())
             exact += int(seq_ok.sum())
             if batch.lengths is not None:
-                for n, ok in zip(batch.lengths.tolist(), seq_ok.tolist()):
+                for n, ok, counted in zip(batch.lengths.tolist(), seq_ok.tolist(), real.any(dim=1).tolist()):
+                    if not counted:  # a row with no target is no sequence (as in the overall figure and torchrun's)
+                        continue
                     c = per_length.setdefault(int(n), [0, 0])
                     c[0] += 1
                     c[1] += int(ok)
