@@ -95,3 +95,69 @@ def test_left_padding_counts_real_tokens():
     padded = torch.cat([torch.randn(1, 2, 16), x], dim=1)
     pad = torch.tensor([[True, True, False, False, False]])
     torch.testing.assert_close(enc(padded, src_key_padding_mask=pad)[:, 2:], enc(x), atol=1e-5, rtol=1e-5)
+    # the float form of the same padding (0 / -inf) counts the same positions (it counted the pads too)
+    float_pad = torch.zeros(1, 5).masked_fill(pad, float("-inf"))
+    torch.testing.assert_close(enc(padded, src_key_padding_mask=float_pad)[:, 2:], enc(x), atol=1e-5, rtol=1e-5)
+
+
+
+def _torch_stack(layer_cls, n, **kw):
+    """A torch stack of ``n`` fresh layers. (torch's stacks deep-copy one layer, and a deep-copied
+    TransformerDecoderLayer applies ReLU whatever module activation it was given: its ``__setstate__`` sets
+    ``activation = F.relu``, which shadows the module.)"""
+    stack_cls = torch.nn.TransformerEncoder if layer_cls is torch.nn.TransformerEncoderLayer else torch.nn.TransformerDecoder
+    stack = stack_cls(layer_cls(16, 2, 32, 0.0, batch_first=True, **kw), n, norm=torch.nn.LayerNorm(16))
+    stack.layers = torch.nn.ModuleList(layer_cls(16, 2, 32, 0.0, batch_first=True, **kw) for _ in range(n))
+    return stack
+
+
+@pytest.mark.filterwarnings("ignore:enable_nested_tensor")
+def test_from_torch_keeps_a_module_activation():
+    """nn.GELU(approximate="tanh") in every layer: it was replaced by exact GELU (0.46 off)."""
+    act = dict(activation=torch.nn.GELU(approximate="tanh"))
+    ref = torch.nn.Transformer(16, 2, dim_feedforward=32, batch_first=True, dropout=0.0,
+                               custom_encoder=_torch_stack(torch.nn.TransformerEncoderLayer, 2, **act),
+                               custom_decoder=_torch_stack(torch.nn.TransformerDecoderLayer, 2, **act))
+    ours = Transformer.from_torch(ref)
+    src, tgt = torch.randn(2, 5, 16) * 3, torch.randn(2, 4, 16) * 3
+    torch.testing.assert_close(ours.train()(src, tgt), ref.train()(src, tgt), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.filterwarnings("ignore:enable_nested_tensor")
+def test_from_torch_refuses_layers_with_other_settings():
+    """A custom decoder with norm_first and GELU was converted with the encoder's settings (0.62 off)."""
+    ref = torch.nn.Transformer(16, 2, 1, 1, 32, 0.0, batch_first=True, custom_decoder=_torch_stack(
+        torch.nn.TransformerDecoderLayer, 1, norm_first=True, activation="gelu"))
+    with pytest.raises(ValueError, match=r"layer 1 \(encoder layers first\) differs: .*'norm_first': \(False, True\)"):
+        Transformer.from_torch(ref)
+
+
+@pytest.mark.filterwarnings("ignore:enable_nested_tensor")
+def test_from_torch_keeps_dtype_and_has_torchs_dropouts():
+    ref = torch.nn.Transformer(16, 2, 1, 1, 32, 0.3, batch_first=True).double()
+    ours = Transformer.from_torch(ref)
+    assert all(p.dtype == torch.float64 for p in ours.parameters())
+    src, tgt = torch.randn(2, 5, 16, dtype=torch.float64), torch.randn(2, 4, 16, dtype=torch.float64)
+    torch.testing.assert_close(ours.eval()(src, tgt), ref.eval()(src, tgt), atol=1e-12, rtol=0)  # float64 kept
+    # no dropout on the stacks' inputs, which torch's Transformer does not have
+    assert [m.p for m in ours.modules() if isinstance(m, torch.nn.Dropout) and m.p > 0] == \
+        [m.p for m in ref.modules() if isinstance(m, torch.nn.Dropout) and m.p > 0]
+
+
+def test_a_module_activation_is_one_per_layer():
+    ours = Transformer(8, 2, 2, 2, 16, 0.0, activation=torch.nn.PReLU(), positional_encoding="none")
+    names = [n for n, _ in ours.named_parameters() if "activation" in n]
+    assert len(names) == 4  # was one PReLU weight shared by all four layers
+
+
+@pytest.mark.filterwarnings("ignore:enable_nested_tensor")
+def test_memory_is_causal_is_a_hint_with_a_mask_and_refused_with_a_cache():
+    ref, ours = _pair(False)
+    src, tgt = torch.randn(2, 4, 32), torch.randn(2, 6, 32)  # T = 6 > S = 4
+    mask = torch.triu(torch.full((6, 4), float("-inf")), 1)
+    want = ref.eval()(src, tgt, memory_mask=mask, memory_is_causal=True)
+    torch.testing.assert_close(ours.eval()(src, tgt, memory_mask=mask, memory_is_causal=True), want,
+                               atol=1e-5, rtol=1e-5)
+    memory = ours.encoder(src)
+    with pytest.raises(ValueError, match="memory_is_causal with a cache"):
+        ours.decoder(tgt[:, :1], memory, memory_is_causal=True, cache=ours.decoder.new_cache())

@@ -11,6 +11,8 @@ Legend: B batch, T target length, S source length, D model width.
 
 from __future__ import annotations
 
+import copy
+
 from collections.abc import Callable
 
 import torch.nn.functional as F
@@ -43,7 +45,8 @@ class FeedForward(nn.Module):
         self.linear1 = nn.Linear(d_model, dim_feedforward, bias=bias)
         self.dropout = nn.Dropout(dropout)
         self.linear2 = nn.Linear(dim_feedforward, d_model, bias=bias)
-        self.activation = activation_fn(activation)
+        # A module (nn.PReLU(), say) is copied, as torch's layers copy theirs: each layer learns its own.
+        self.activation = copy.deepcopy(activation) if isinstance(activation, nn.Module) else activation_fn(activation)
 
     def forward(self, x: Tensor) -> Tensor:
         h = self.activation(self.linear1(x))

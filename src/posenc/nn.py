@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ._checks import check_rank
@@ -96,17 +97,26 @@ class Transformer(nn.Module):
         if not isinstance(module, nn.Transformer):
             raise TypeError(f"from_torch needs a torch.nn.Transformer, got {type(module).__name__}")
         layer = module.encoder.layers[0]
-        act = getattr(layer, "activation", "relu")
-        if getattr(layer, "activation_relu_or_gelu", 0) == 1:
-            act = "relu"
-        elif getattr(layer, "activation_relu_or_gelu", 0) == 2:
-            act = "gelu"
+        settings = _layer_settings(layer)
+        for i, other in enumerate([*module.encoder.layers, *module.decoder.layers]):
+            differ = {k: (v, _layer_settings(other)[k]) for k, v in settings.items() if _layer_settings(other)[k] != v}
+            if differ:
+                raise ValueError(f"from_torch needs every layer to share the first encoder layer's settings; layer {i} "
+                                 f"(encoder layers first) differs: {differ}")
+        for name, stack in (("encoder", module.encoder), ("decoder", module.decoder)):
+            if stack.norm is None or stack.norm.eps != layer.norm1.eps:
+                raise ValueError(f"from_torch needs the {name}'s final LayerNorm with the layers' eps "
+                                 f"({layer.norm1.eps}); got {stack.norm}")
         out = cls(
             module.d_model, module.nhead, len(module.encoder.layers), len(module.decoder.layers),
-            layer.linear1.out_features, layer.dropout.p, act,
+            layer.linear1.out_features, layer.dropout.p, _activation(layer.activation),
             positional_encoding=positional_encoding, layer_norm_eps=layer.norm1.eps,
             batch_first=module.batch_first, norm_first=layer.norm_first, bias=layer.linear1.bias is not None,
         )
+        for stack in (out.encoder, out.decoder):  # torch's stacks drop nothing on their input; posenc's would
+            stack.dropout.p = 0.0
+        weight = layer.linear1.weight
+        out = out.to(device=weight.device, dtype=weight.dtype)  # before the copy: float64 weights stay exact
         state = {_torch_to_posenc(k): v for k, v in module.state_dict().items()}
         missing, unexpected = out.load_state_dict(state, strict=False)
         missing = [m for m in missing if ".encoding." not in m]
@@ -115,9 +125,27 @@ class Transformer(nn.Module):
         return out
 
 
+def _activation(act: object) -> object:
+    """torch's layer activation as posenc takes it: its F.relu / F.gelu by name, any other callable (a module such
+    as ``nn.GELU(approximate="tanh")`` or ``nn.PReLU()``) as it is."""
+    if act is F.relu:
+        return "relu"
+    if act is F.gelu:
+        return "gelu"
+    return act
+
+
+def _layer_settings(layer: nn.Module) -> dict[str, object]:
+    act = layer.activation
+    return {"norm_first": layer.norm_first, "layer_norm_eps": layer.norm1.eps, "dropout": layer.dropout.p,
+            "dim_feedforward": layer.linear1.out_features, "bias": layer.linear1.bias is not None,
+            "activation": (type(act).__name__, getattr(act, "approximate", None)) if isinstance(act, nn.Module) else act}
+
+
 def _torch_to_posenc(name: str) -> str:
     """``encoder.layers.0.self_attn.in_proj_weight`` -> ``encoder.layers.0.self_attn.in_proj.weight`` etc."""
     name = name.replace("multihead_attn.", "cross_attn.")
     name = name.replace(".in_proj_weight", ".in_proj.weight").replace(".in_proj_bias", ".in_proj.bias")
     name = name.replace(".linear1.", ".ff.linear1.").replace(".linear2.", ".ff.linear2.")
+    name = name.replace(".activation.", ".ff.activation.")  # a module activation's parameters (nn.PReLU)
     return name

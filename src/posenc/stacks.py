@@ -45,7 +45,11 @@ def _positions(
 
 
 def _bool_padding(mask: Tensor | None) -> Tensor | None:
-    return mask if (mask is not None and mask.dtype == torch.bool) else None
+    """The padded keys of a key padding mask: a bool mask's True entries, a float mask's -inf ones (a float mask's
+    finite entries are a bias, not padding)."""
+    if mask is None or mask.dtype == torch.bool:
+        return mask
+    return mask.isneginf() if mask.dtype.is_floating_point else None
 
 
 class _Stack(nn.Module):
@@ -243,6 +247,11 @@ class TransformerDecoder(_Stack):
         if mem.shape[0] != x.shape[0]:
             raise ValueError(f"tgt has batch size {x.shape[0]} but memory has {mem.shape[0]}")
         batch, length = x.shape[:2]
+        if memory_is_causal and memory_mask is not None:
+            memory_is_causal = False  # a hint that memory_mask is causal, as torch reads it: the mask given is used
+        if memory_is_causal and cache is not None:
+            raise ValueError("memory_is_causal with a cache: a step's queries cannot be placed against the memory; "
+                             "pass the memory_mask rows of the step's positions instead")
         q_pos, k_pos, k_pad = self._begin(x, positions, tgt_key_padding_mask, cache)
         self_mask = build_mask(
             tgt_mask, k_pad, causal=self.causal or bool(tgt_is_causal), batch=batch, heads=self.nhead,
