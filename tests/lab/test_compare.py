@@ -109,7 +109,7 @@ def test_compare_with_the_lab_trainer_end_to_end(tmp_path, capsys):
     rows = res.read_rows(tmp_path / "results.csv")
     assert {(r.encoding, r.length) for r in rows} == {(e, n) for e in ("none", "sinusoidal") for n in (2, 5)}
     assert all(0.0 <= r.value <= 1.0 and r.value * 4 == int(r.value * 4) for r in rows)  # k of 4 examples
-    assert (tmp_path / "runs" / "none-seed0" / "model.safetensors").exists()
+    assert (tmp_path / "runs" / "none-seed0" / "model-00000004.safetensors").exists()
     assert "beyond training (5–5)" in capsys.readouterr().out
     torch.manual_seed(0)
 

@@ -107,6 +107,44 @@ def test_resume_after_interruption_is_bit_identical(tmp_path):
     assert evaluate(loaded, cfg, 3) == evaluate(resumed, cfg, 3)
 
 
+def test_a_kill_between_the_files_and_run_json_resumes_from_the_last_complete_checkpoint(tmp_path, monkeypatch):
+    """run.json is the commit point: killed after step 4's tensors were written but before its run.json, the run
+    resumes from step 2's files (they were overwritten in place before, and the resumed weights differed)."""
+    import posenc.lab.runs as runs
+
+    cfg = RunConfig(encoding="learned", steps=6, checkpoint_every=2, dropout=0.1, **TINY)
+    full = train_run(cfg, tmp_path / "full")
+    real, calls = runs._atomic, [0]
+
+    def die_before_the_second_run_json(write, path):
+        if path.name == "run.json":
+            calls[0] += 1
+            if calls[0] == 2:
+                raise KeyboardInterrupt
+        real(write, path)
+
+    monkeypatch.setattr(runs, "_atomic", die_before_the_second_run_json)
+    with pytest.raises(KeyboardInterrupt):
+        train_run(cfg, tmp_path / "cut")
+    monkeypatch.setattr(runs, "_atomic", real)
+    resumed = train_run(cfg, tmp_path / "cut")
+    for (name, a), (_, b) in zip(full.state_dict().items(), resumed.state_dict().items()):
+        assert torch.equal(a, b), name
+    assert sorted(p.name for p in (tmp_path / "cut").glob("*.safetensors")) == [
+        "model-00000006.safetensors", "optim-00000006.safetensors"]
+
+
+def test_a_corrupt_checkpoint_file_is_named(tmp_path):
+    cfg = RunConfig(steps=2, **TINY)
+    train_run(cfg, tmp_path)
+    path = tmp_path / "model-00000002.safetensors"
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 0xFF
+    path.write_bytes(bytes(data))
+    with pytest.raises(ValueError, match=r"model-00000002.safetensors is missing or does not match the sha256"):
+        load_run(tmp_path)
+
+
 def test_run_of_another_config_is_refused(tmp_path):
     cfg = RunConfig(steps=2, **TINY)
     train_run(cfg, tmp_path)

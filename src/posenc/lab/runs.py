@@ -3,8 +3,10 @@
 This is the small interface ``compare`` and ``extend`` are written against -- ``train_run(config, run_dir)``
 trains (or resumes, or reuses) one run, ``load_run(run_dir)`` gives back its model, and ``evaluate(model,
 config, length)`` measures it at one length. A run directory holds ``run.json`` (the resolved config and the
-step reached), ``model.safetensors`` and ``optim.safetensors`` (optimizer moments and the RNG state); files are
-written to a temporary name and renamed, so a run killed at any moment resumes from its last checkpoint.
+step reached), ``model-<step>.safetensors`` and ``optim-<step>.safetensors`` (optimizer moments and the RNG
+state). Each file is written to a temporary name and renamed; ``run.json``, renamed last, names the files of its
+step with their sha256 and is the commit point, so a run killed at any moment resumes from its last complete
+checkpoint (the files of the one before are removed only after it), and a corrupt file is named, not loaded.
 Batches are a pure function of (seed, step), so a resumed run sees the data an uninterrupted one would.
 
 Legend: B batch, T length, V vocabulary.
@@ -12,6 +14,7 @@ Legend: B batch, T length, V vocabulary.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -134,10 +137,43 @@ def _save(run_dir: pathlib.Path, config: RunConfig, model: nn.Module, opt: torch
     state = opt.state_dict()
     tensors = {f"{i}.{k}": v.contiguous() for i, s in state["state"].items() for k, v in s.items()}
     tensors["rng"] = torch.get_rng_state()
-    _atomic(lambda p: save_model(model, p), run_dir / "model.safetensors")
-    _atomic(lambda p: save_file(tensors, p), run_dir / "optim.safetensors")
-    meta = {"step": step, "finished": step >= config.steps, "config": config.to_dict(), "param_groups": state["param_groups"]}
-    _atomic(lambda p: pathlib.Path(p).write_text(json.dumps(meta, indent=1)), run_dir / "run.json")
+    names = {"model": f"model-{step:08d}.safetensors", "optim": f"optim-{step:08d}.safetensors"}
+    _atomic(lambda p: save_model(model, p), run_dir / names["model"])
+    _atomic(lambda p: save_file(tensors, p), run_dir / names["optim"])
+    meta = {"step": step, "finished": step >= config.steps, "config": config.to_dict(), "param_groups": state["param_groups"],
+            "files": {kind: {"name": name, "sha256": _sha256(run_dir / name)} for kind, name in names.items()}}
+    _atomic(lambda p: pathlib.Path(p).write_text(json.dumps(meta, indent=1)), run_dir / "run.json")  # the commit
+    for old in run_dir.glob("*.safetensors"):  # the previous checkpoint's files, now that this one is complete
+        if old.name not in names.values():
+            old.unlink()
+
+
+def _sha256(path: pathlib.Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _checkpoint_file(run_dir: pathlib.Path, meta: dict[str, Any], kind: str) -> pathlib.Path:
+    """The ``kind`` ("model" or "optim") file that ``run.json`` names, its checksum verified (a run written before
+    run.json named its files has ``<kind>.safetensors``, unchecked)."""
+    entry = meta.get("files", {}).get(kind)
+    if entry is None:
+        return run_dir / f"{kind}.safetensors"
+    path = run_dir / entry["name"]
+    if not path.is_file() or _sha256(path) != entry["sha256"]:
+        raise ValueError(f"{path} is missing or does not match the sha256 run.json records (a corrupt or partial "
+                         f"file); delete {run_dir} to train the run again")
+    return path
+
+
+def _load(path: pathlib.Path, load: Callable[[str], Any]) -> Any:
+    try:
+        return load(str(path))
+    except Exception as err:  # safetensors' own error names no file
+        raise ValueError(f"{path} is not a readable checkpoint file ({err})") from None
 
 
 def _read_meta(run_dir: pathlib.Path) -> dict[str, Any] | None:
@@ -167,8 +203,8 @@ def is_finished(run_dir: str | pathlib.Path, config: RunConfig) -> bool:
 
 
 def _restore(run_dir: pathlib.Path, meta: dict[str, Any], model: nn.Module, opt: torch.optim.Optimizer) -> int:
-    load_model(model, str(run_dir / "model.safetensors"))
-    tensors = load_file(str(run_dir / "optim.safetensors"))
+    _load(_checkpoint_file(run_dir, meta, "model"), lambda p: load_model(model, p))
+    tensors = _load(_checkpoint_file(run_dir, meta, "optim"), load_file)
     torch.set_rng_state(tensors.pop("rng"))
     state: dict[int, dict[str, torch.Tensor]] = {}
     for key, value in tensors.items():
@@ -194,7 +230,11 @@ def train_run(
         _check_same(run_dir, meta, config)
         step = _restore(run_dir, meta, model, opt)
     elif config.init_from is not None:
-        load_model(model, str(pathlib.Path(config.init_from) / "model.safetensors"))
+        init_dir = pathlib.Path(config.init_from)
+        init_meta = _read_meta(init_dir)
+        if init_meta is None:
+            raise FileNotFoundError(f"init_from {init_dir} holds no run.json: not a posenc lab run directory")
+        _load(_checkpoint_file(init_dir, init_meta, "model"), lambda p: load_model(model, p))
     model.train()
     seq2seq = config.arch == "seq2seq"
     while step < config.steps:
@@ -229,7 +269,7 @@ def load_run(run_dir: str | pathlib.Path) -> tuple[nn.Module, RunConfig]:
         raise FileNotFoundError(f"{run_dir} holds no run.json: not a posenc lab run directory")
     config = RunConfig.from_dict(meta["config"])
     model = make_model(config, make_data(config).vocab_size)
-    load_model(model, str(run_dir / "model.safetensors"))
+    _load(_checkpoint_file(run_dir, meta, "model"), lambda p: load_model(model, p))
     return model.eval(), config
 
 
