@@ -71,3 +71,22 @@ def test_plain_rope_is_fine_tuned_at_the_longest_length(tmp_path):
            tmp_path / "out")
     tuned = json.loads((tmp_path / "out" / "finetune" / "none__ft" / "run.json").read_text())["config"]
     assert tuned["train_max"] == 12 and tuned["encoding"] == "rope" and tuned["init_from"] == str(run)
+
+
+@pytest.mark.skipif(not HAVE_ROPE, reason="the rope encoding is not registered")
+def test_another_run_or_fine_tuning_in_the_same_output_is_refused(tmp_path):
+    """Finished measurements were reused by (label, seed, length) alone: another run's, or other fine-tuning's,
+    numbers were reported as this one's."""
+    first, second = tmp_path / "a", tmp_path / "b"
+    train_run(RunConfig(encoding="rope", steps=4, **TINY), first)
+    train_run(RunConfig(encoding="rope", steps=6, **TINY), second)
+    cfg = ExtendConfig(run_dir=str(first), lengths=[4], scalings=["none", "linear"], factors=[2.0], finetune_steps=2)
+    extend(cfg, tmp_path / "out")
+    with pytest.raises(ValueError, match=r"holds measurements of another run or fine-tuning \(run.steps: 4 -> 6\)"):
+        extend(ExtendConfig(**{**vars(cfg), "run_dir": str(second)}), tmp_path / "out")
+    with pytest.raises(ValueError, match=r"\(finetune_steps: 2 -> 3\)"):
+        extend(ExtendConfig(**{**vars(cfg), "finetune_steps": 3}), tmp_path / "out")
+    with pytest.raises(ValueError, match=r"\(none_finetune_factor: 2.0 -> 4.0\)"):  # plain RoPE's tune length
+        extend(ExtendConfig(**{**vars(cfg), "factors": [2.0, 4.0]}), tmp_path / "out")
+    extend(ExtendConfig(**{**vars(cfg), "lengths": [4, 6]}), tmp_path / "out")  # more lengths: fine
+    assert len(res.read_rows(tmp_path / "out" / "results.csv")) == 2 * 4

@@ -15,6 +15,8 @@ so an interrupted run resumes; ``OUT/results.md`` and ``OUT/<metric>.png`` summa
 
 from __future__ import annotations
 
+import json
+
 import pathlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
@@ -114,6 +116,7 @@ def extend(config: ExtendConfig, out_dir: str | pathlib.Path) -> str:
     out = pathlib.Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     base_model, run = load_run(config.run_dir)
+    _check_setup(out, config, run)
     data = make_data(run)
     csv_path = out / "results.csv"
     done = {r.key for r in res.read_rows(csv_path)}
@@ -134,6 +137,28 @@ def extend(config: ExtendConfig, out_dir: str | pathlib.Path) -> str:
     return _report(config, run, out)
 
 
+def _check_setup(out: pathlib.Path, config: ExtendConfig, run: RunConfig) -> None:
+    """Measurements of another run, or of other fine-tuning, must not mix with these: the first call records what
+    they depend on (``extend.json``); a later one with another run or fine-tuning is refused, naming what differs.
+    Scalings, factors and lengths may be added (only the new measurements are taken)."""
+    setup = {"run": run.to_dict(), "finetune_steps": config.finetune_steps, "finetune_lr": config.finetune_lr,
+             # plain RoPE's fine-tune length follows the largest factor
+             "none_finetune_factor": max(config.factors) if config.finetune_steps and "none" in config.scalings else None}
+    path = out / "extend.json"
+    if not path.exists():
+        path.write_text(json.dumps(setup, indent=1))
+        return
+    old, new = _flat(json.loads(path.read_text())), _flat(setup)
+    diff = {k: (old.get(k), v) for k, v in new.items() if old.get(k) != v}
+    if diff:
+        listed = ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in diff.items())
+        raise ValueError(f"{out} holds measurements of another run or fine-tuning ({listed}); choose another --out")
+
+
+def _flat(setup: dict) -> dict:
+    return {**{f"run.{k}": v for k, v in setup["run"].items()}, **{k: v for k, v in setup.items() if k != "run"}}
+
+
 def _report(config: ExtendConfig, run: RunConfig, out: pathlib.Path) -> str:
     order = [v[0] for v in _variants(config, run)]
     rows = [r for r in res.read_rows(out / "results.csv") if r.encoding in order and r.length in set(config.lengths)]
@@ -150,7 +175,10 @@ def _report(config: ExtendConfig, run: RunConfig, out: pathlib.Path) -> str:
 
 def _per_length_table(rows: Sequence[res.Row], order: Sequence[str], lengths: Sequence[int]) -> str:
     """One column per length (mean over seeds): the detail the in/out summary averages away."""
-    cells = {(r.encoding, r.length): r.value for r in rows}
+    values: dict[tuple[str, int], list[float]] = {}
+    for r in rows:
+        values.setdefault((r.encoding, r.length), []).append(r.value)
+    cells = {key: sum(v) / len(v) for key, v in values.items()}
     lines = ["| setting | " + " | ".join(str(n) for n in lengths) + " |", "|---|" + "---|" * len(lengths)]
     for label in order:
         vals = [cells.get((label, n)) for n in lengths]
