@@ -34,6 +34,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ValueError, TypeError, FileNotFoundError) as err:
         print(f"posenc: error: {err}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # the reader went away (`posenc encodings | head -1`): nothing left to say to it
+        sys.stderr.close()
+        return 0
     except (TrainingError, OSError, MemoryError) as err:
         print(f"posenc: error: {type(err).__name__}: {err}", file=sys.stderr)
         return 1

@@ -104,6 +104,11 @@ def test_registered_alibi_bias_vs_distance():
     np.testing.assert_allclose(b, -(2.0 ** -np.arange(1, 9))[:, None] * d, atol=1e-5)
 
 
+def test_shaw_has_no_matrix_rather_than_nopes_zeros():
+    with pytest.raises(ValueError, match="'shaw' adds learned relative-position vectors inside attention"):
+        arrays.encoding_matrix("shaw", length=8, d_model=16, num_heads=2)
+
+
 def test_no_bias_is_an_error():
     with pytest.raises(ValueError, match="no bias"):
         arrays.bias_by_distance("sinusoidal", num_heads=2, max_distance=4)

@@ -96,6 +96,9 @@ def test_bad_encodings_fail_before_training():
         CompareConfig(encodings=["sinusoidal:colour=red"])
     with pytest.raises(ValueError, match="repeat"):
         CompareConfig(encodings=["none", "none"])
+    # an encoder is bidirectional: a causal-only encoding is refused before the others train, not after
+    with pytest.raises(ValueError, match="xpos is causal only"):
+        CompareConfig(encodings=["none", "xpos"], base=RunConfig(arch="seq2seq"))
 
 
 @pytest.mark.slow

@@ -9,6 +9,16 @@ HAVE_ROPE = "rope" in names()
 TINY = dict(task="copy", d_model=16, num_heads=2, num_layers=1, dim_feedforward=32, batch_size=8, train_max=4, eval_examples=8)
 
 
+@pytest.mark.parametrize("kw, message", [
+    ({"factors": [-2.0]}, r"factors must be finite numbers >= 1 .*got \[-2.0\]"),
+    ({"scalings": ["none", "none"]}, r"scalings must be distinct and at least one, got \['none', 'none'\]"),
+    ({"finetune_lr": -1.0}, "finetune_lr must be a finite number > 0, got -1.0"),
+])
+def test_bad_extend_settings_are_named(kw, message):
+    with pytest.raises(ValueError, match=message):
+        ExtendConfig(run_dir="r", lengths=[4], **kw)
+
+
 def test_scaled_spec_rejects_other_encodings_and_bad_input():
     with pytest.raises(ValueError, match="needs a RoPE run"):
         scaled_spec("sinusoidal", "linear", 2.0, 20)

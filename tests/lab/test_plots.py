@@ -43,9 +43,11 @@ def test_cli_plot_kinds(tmp_path, check_png, capsys):
     # a bias plot of an encoding without a bias is a clean error, not a traceback
     assert main(["plot", "bias", "-e", "sinusoidal", "-o", str(tmp_path / "b.png")]) == 2
     assert "adds no bias" in capsys.readouterr().err
+    assert main(["plot", "wavelength", "--context", "-5", "-o", str(tmp_path / "w.png")]) == 2  # was drawn
+    assert "--context must be >= 1, got -5" in capsys.readouterr().err
 
 
-def test_cli_attention_of_a_run(tmp_path, check_png):
+def test_cli_attention_of_a_run(tmp_path, check_png, capsys):
     from posenc.lab.runs import RunConfig, train_run
 
     cfg = RunConfig(encoding="sinusoidal", steps=2, d_model=16, num_heads=2, num_layers=2, dim_feedforward=32, batch_size=4)
@@ -55,3 +57,6 @@ def test_cli_attention_of_a_run(tmp_path, check_png):
     w, h = check_png(out)
     assert (w, h) == (int(100 * (2.2 * 2 + 1)), int(100 * (2.2 * 2 + 0.6)))  # 2 layers x 2 heads
     assert main(["plot", "attention", str(tmp_path / "run"), "-i", "3 99", "-o", str(out)]) == 2
+    capsys.readouterr()
+    assert main(["plot", "attention", str(tmp_path / "run"), "-i", "", "-o", str(out)]) == 2
+    assert "the input is empty" in capsys.readouterr().err  # it said "ids must hold integer token ids"

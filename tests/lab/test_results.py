@@ -39,6 +39,9 @@ def test_markdown_table_and_curves():
     table = res.markdown_table(_rows(), (1, 2), [1, 2, 3, 4])
     assert "| `a` | 2 | 90.0% ± 14.1 | 10.0% ± 14.1 |" in table
     assert "in distribution (1–2)" in table and "beyond training (3–4)" in table
+    # lengths outside training on both sides: each side's range (it said 1–8 for these, overlapping 3–5)
+    both = res.markdown_table([res.Row("a", 0, n, "exact_match", 0.5) for n in range(1, 9)], (3, 5), list(range(1, 9)))
+    assert "in distribution (3–5)" in both and "beyond training (1–2, 6–8)" in both
     x, mean, std = res.curves(_rows())["a"]
     np.testing.assert_array_equal(x, [1, 2, 3, 4])
     np.testing.assert_allclose(mean, [0.9, 0.9, 0.1, 0.1])

@@ -180,6 +180,12 @@ def test_bad_configs():
         RunConfig(task="lm")
     with pytest.raises(ValueError, match="train_min <= train_max"):
         RunConfig(train_min=5, train_max=4)
+    with pytest.raises(ValueError, match="num_heads must be >= 1, got 0"):  # was a ZeroDivisionError traceback
+        RunConfig(num_heads=0)
+    with pytest.raises(ValueError, match="dim_feedforward must be >= 1, got 0"):
+        RunConfig(dim_feedforward=0)
+    with pytest.raises(ValueError, match="warmup must be >= 0, got -5"):
+        RunConfig(warmup=-5)
     with pytest.raises(FileNotFoundError):
         CharText("/nonexistent/file.txt")
 

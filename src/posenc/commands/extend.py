@@ -12,7 +12,9 @@ def run(args: argparse.Namespace) -> int:
     from .compare import parse_lengths, set_threads
 
     set_threads(args.threads)
-
+    bad = [f for f in args.factors if not f >= 1]
+    if bad:
+        raise ValueError(f"--factors must be >= 1 (the context is extended by them), got {bad}")
     if args.lengths:
         lengths = parse_lengths(args.lengths)
     else:

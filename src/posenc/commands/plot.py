@@ -37,6 +37,8 @@ def run(args: argparse.Namespace) -> int:
             s = arrays.position_similarity(m)
             path = plots.plot_similarity(s, _out(args, f"similarity-{_safe(args.encoding)}.png"), title=args.encoding)
     elif kind == "wavelength":
+        if args.context < 1:
+            raise ValueError(f"--context must be >= 1, got {args.context}")
         curves = {
             f"base={args.base:g}, factor={f:g}": arrays.rope_wavelengths(args.head_dim, base=args.base, factor=f)
             for f in args.factor

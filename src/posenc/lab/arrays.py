@@ -56,7 +56,8 @@ def encoding_matrix(
     """``(T, D)`` for an absolute encoding (what it adds or appends to a zero embedding), ``(T, Dh)`` for a
     multiplicative one (one fixed unit query ``[1, 1, ...]/sqrt(Dh)`` rotated to each position), zeros for NoPE.
 
-    A pure bias encoding has no positions x dimensions matrix: a ``ValueError`` points to :func:`bias_by_distance`.
+    A pure bias encoding has no positions x dimensions matrix: a ``ValueError`` points to :func:`bias_by_distance`;
+    nor has Shaw's (its relative vectors act inside attention): a ``ValueError`` too, not NoPE's zeros.
     """
     check_positive_int("length", length)
     enc = build_for_picture(spec, d_model=d_model, num_heads=num_heads)
@@ -74,6 +75,11 @@ def encoding_matrix(
         raise ValueError(
             f"encoding {enc.name!r} adds a bias to the attention logits and has no positions x dimensions "
             "matrix; picture it with bias_by_distance (posenc plot bias)"
+        )
+    if enc.uses_content_bias or enc.uses_value_term:  # Shaw: learned relative vectors inside attention
+        raise ValueError(
+            f"encoding {enc.name!r} adds learned relative-position vectors inside attention (to the keys' logits "
+            "and the values) and has no positions x dimensions matrix; a zero picture would pass for NoPE's"
         )
     return np.zeros((length, d_model))
 

@@ -85,7 +85,9 @@ class CompareConfig:
                 missing.append(name)
             else:
                 b = self.base  # unknown options and bad values fail here, before any training
-                build(spec, d_model=b.d_model, num_heads=b.num_heads, head_dim=b.d_model // b.num_heads, causal=True)
+                for causal in (True, False) if b.arch == "seq2seq" else (True,):  # an encoder is bidirectional
+                    build(spec, d_model=b.d_model, num_heads=b.num_heads, head_dim=b.d_model // b.num_heads,
+                          causal=causal)
         if missing:
             raise ValueError(f"encodings {missing} are not registered in this posenc; registered: {', '.join(names())}")
         if not self.seeds or len(set(self.seeds)) != len(self.seeds):

@@ -16,6 +16,7 @@ so an interrupted run resumes; ``OUT/results.md`` and ``OUT/<metric>.png`` summa
 from __future__ import annotations
 
 import json
+import math
 
 import pathlib
 from collections.abc import Sequence
@@ -67,6 +68,12 @@ class ExtendConfig:
         bad = [s for s in self.scalings if s not in SCALINGS]
         if bad:
             raise ValueError(f"unknown scalings {bad}; valid: {', '.join(SCALINGS)}")
+        if not self.scalings or len(set(self.scalings)) != len(self.scalings):
+            raise ValueError(f"scalings must be distinct and at least one, got {self.scalings}")
+        if not self.factors or not all(math.isfinite(f) and f >= 1 for f in self.factors):
+            raise ValueError(f"factors must be finite numbers >= 1 (the context is extended by them), got {self.factors}")
+        if self.finetune_lr is not None and not (math.isfinite(self.finetune_lr) and self.finetune_lr > 0):
+            raise ValueError(f"finetune_lr must be a finite number > 0, got {self.finetune_lr}")
         if not self.lengths or min(self.lengths) < 1:
             raise ValueError(f"lengths must be >= 1, got {self.lengths}")
         if self.finetune_steps < 0:

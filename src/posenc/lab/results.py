@@ -127,6 +127,13 @@ def _fmt(mean: float, std: float, seeds: int, percent: bool) -> str:
     return text
 
 
+def _span(*sides: Sequence[int]) -> str:
+    """``min–max`` of each non-empty group of lengths, comma-separated: the lengths outside training may lie below
+    and above it (``1–2, 6–8``)."""
+    parts = [f"{min(ns)}–{max(ns)}" for ns in sides if ns]
+    return ", ".join(parts) if parts else "none"
+
+
 def markdown_table(
     rows: Sequence[Row],
     train_range: tuple[int, int],
@@ -144,10 +151,11 @@ def markdown_table(
     lo, hi = train_range
     ood = [n for n in test_lengths if not lo <= n <= hi]
     ind = [n for n in test_lengths if lo <= n <= hi]
-    span = lambda ns: f"{min(ns)}–{max(ns)}" if ns else "none"  # noqa: E731
     better = "lower is better" if not percent else "higher is better"
+    below, above = [n for n in ood if n < lo], [n for n in ood if n > hi]
     lines = [
-        f"| {label} | seeds | {metric}, in distribution ({span(ind)}) | {metric}, beyond training ({span(ood)}) |",
+        f"| {label} | seeds | {metric}, in distribution ({_span(ind)}) | {metric}, beyond training "
+        f"({_span(below, above)}) |",
         "|---|---|---|---|",
     ]
     for s in summary(rows, train_range, order):

@@ -70,9 +70,12 @@ class RunConfig:
             raise ValueError("task 'lm' needs a text file (--text) and the decoder-only architecture")
         if not 1 <= self.train_min <= self.train_max:
             raise ValueError(f"need 1 <= train_min <= train_max, got {self.train_min}, {self.train_max}")
-        for name in ("steps", "batch_size", "checkpoint_every", "eval_examples", "eval_tokens"):
+        for name in ("steps", "batch_size", "checkpoint_every", "eval_examples", "eval_tokens", "d_model", "num_heads",
+                     "num_layers", "dim_feedforward"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.warmup < 0:
+            raise ValueError(f"warmup must be >= 0, got {self.warmup}")
 
     @property
     def metric(self) -> str:
@@ -304,6 +307,8 @@ def encode_input(config: RunConfig, text: str) -> tuple[tuple[torch.Tensor, ...]
     For a sequence task ``text`` is the task input as symbol ids separated by spaces (``"3 1 4 1 5"``) and the
     model sees the whole worked example (input, separator, answer); for ``lm`` it is raw text.
     """
+    if not text:
+        raise ValueError("the input is empty: give at least one symbol (a task) or character (lm) to picture")
     data = make_data(config)
     if isinstance(data, CharText):
         index = {c: i for i, c in enumerate(data.chars)}
