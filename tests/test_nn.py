@@ -105,7 +105,8 @@ def _torch_stack(layer_cls, n, **kw):
     """A torch stack of ``n`` fresh layers. (torch's stacks deep-copy one layer, and a deep-copied
     TransformerDecoderLayer applies ReLU whatever module activation it was given: its ``__setstate__`` sets
     ``activation = F.relu``, which shadows the module.)"""
-    stack_cls = torch.nn.TransformerEncoder if layer_cls is torch.nn.TransformerEncoderLayer else torch.nn.TransformerDecoder
+    encoder = layer_cls is torch.nn.TransformerEncoderLayer
+    stack_cls = torch.nn.TransformerEncoder if encoder else torch.nn.TransformerDecoder
     stack = stack_cls(layer_cls(16, 2, 32, 0.0, batch_first=True, **kw), n, norm=torch.nn.LayerNorm(16))
     stack.layers = torch.nn.ModuleList(layer_cls(16, 2, 32, 0.0, batch_first=True, **kw) for _ in range(n))
     return stack

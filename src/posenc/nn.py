@@ -139,7 +139,8 @@ def _layer_settings(layer: nn.Module) -> dict[str, object]:
     act = layer.activation
     return {"norm_first": layer.norm_first, "layer_norm_eps": layer.norm1.eps, "dropout": layer.dropout.p,
             "dim_feedforward": layer.linear1.out_features, "bias": layer.linear1.bias is not None,
-            "activation": (type(act).__name__, getattr(act, "approximate", None)) if isinstance(act, nn.Module) else act}
+            "activation": (type(act).__name__, getattr(act, "approximate", None))
+            if isinstance(act, nn.Module) else act}
 
 
 def _torch_to_posenc(name: str) -> str:

@@ -171,6 +171,7 @@ def test_original_max_len_is_accepted_with_any_scaling():  # it describes the mo
 @pytest.mark.parametrize("scaling", ["ntk", "dynamic"])
 def test_ntk_scalings_need_a_rotary_width_above_two(scaling):
     """b * s^(R/(R-2)) is undefined for R = 2: refused when built, not a ZeroDivisionError mid-generation."""
-    with pytest.raises(ValueError, match=f"{scaling} scales the base .* rotary width R of 2 .*head_dim=8, fraction=0.25"):
+    message = f"{scaling} scales the base .* rotary width R of 2 .*head_dim=8, fraction=0.25"
+    with pytest.raises(ValueError, match=message):
         RoPE(head_dim=8, fraction=0.25, scaling=scaling, factor=2.0)
     RoPE(head_dim=8, fraction=0.5, scaling=scaling, factor=2.0)  # R = 4 is fine

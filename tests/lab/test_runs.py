@@ -198,7 +198,7 @@ def test_each_kind_of_run_directory_names_the_other(tmp_path):
     (tmp_path / "lab" / "run.json").write_text("{}")
     (tmp_path / "trained").mkdir()
     (tmp_path / "trained" / "config.json").write_text("{}")
-    with pytest.raises(FileNotFoundError, match="is a run of `posenc compare` .*takes a run directory of `posenc train`"):
+    with pytest.raises(FileNotFoundError, match="a run of `posenc compare` .*takes a run directory of `posenc train`"):
         load_train_run(tmp_path / "lab")
     with pytest.raises(FileNotFoundError, match="is a run of `posenc train` .*takes a run of `posenc compare`"):
         load_run(tmp_path / "trained")

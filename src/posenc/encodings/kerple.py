@@ -5,11 +5,12 @@ A conditionally positive definite kernel of the distance ``|i - j|`` becomes a p
 * ``log``:   ``-r1 * log(1 + r2 |i - j|)``   (r1 ~ U(0, 2), r2 ~ U(0, 1) at init)
 * ``power``: ``-r1 * |i - j|^r2``            (r1 ~ U(0, 1), r2 ~ U(0, 2) at init)
 
-r1 and r2 are learned per head. Each forward first clamps their stored values in place, as the authors' code
-does: r1, r2 >= 1e-2, and for the power form r2 <= 2 (``|i - j|^r2`` is conditionally positive definite for
-0 < r2 <= 2 only), which keeps the kernel valid. A parameter an optimizer step pushed out of range then sits at
-the bound and still gets its gradient (clamping a copy in the graph instead would give it none, for good). The paper studies causal language models; for bidirectional
-attention the same symmetric ``|i - j|`` is used. The distances of plain-range positions are cached.
+r1 and r2 are learned per head. Each forward first clamps their stored values in place, as the authors' code does:
+r1, r2 >= 1e-2, and for the power form r2 <= 2 (``|i - j|^r2`` is conditionally positive definite for 0 < r2 <= 2
+only), which keeps the kernel valid. A parameter an optimizer step pushed out of range then sits at the bound and
+still gets its gradient (clamping a copy in the graph instead would give it none, for good). The paper studies
+causal language models; for bidirectional attention the same symmetric ``|i - j|`` is used. The distances of
+plain-range positions are cached.
 
 Legend: B batch, H heads, Tq / Tk query / key length.
 """

@@ -71,7 +71,8 @@ class ExtendConfig:
         if not self.scalings or len(set(self.scalings)) != len(self.scalings):
             raise ValueError(f"scalings must be distinct and at least one, got {self.scalings}")
         if not self.factors or not all(math.isfinite(f) and f >= 1 for f in self.factors):
-            raise ValueError(f"factors must be finite numbers >= 1 (the context is extended by them), got {self.factors}")
+            raise ValueError(f"factors must be finite numbers >= 1 (the context is extended by them), "
+                             f"got {self.factors}")
         if self.finetune_lr is not None and not (math.isfinite(self.finetune_lr) and self.finetune_lr > 0):
             raise ValueError(f"finetune_lr must be a finite number > 0, got {self.finetune_lr}")
         if not self.lengths or min(self.lengths) < 1:
@@ -148,9 +149,9 @@ def _check_setup(out: pathlib.Path, config: ExtendConfig, run: RunConfig) -> Non
     """Measurements of another run, or of other fine-tuning, must not mix with these: the first call records what
     they depend on (``extend.json``); a later one with another run or fine-tuning is refused, naming what differs.
     Scalings, factors and lengths may be added (only the new measurements are taken)."""
+    tunes_none = config.finetune_steps and "none" in config.scalings  # at the largest factor's length
     setup = {"run": run.to_dict(), "finetune_steps": config.finetune_steps, "finetune_lr": config.finetune_lr,
-             # plain RoPE's fine-tune length follows the largest factor
-             "none_finetune_factor": max(config.factors) if config.finetune_steps and "none" in config.scalings else None}
+             "none_finetune_factor": max(config.factors) if tunes_none else None}
     path = out / "extend.json"
     if not path.exists():
         path.write_text(json.dumps(setup, indent=1))

@@ -143,8 +143,8 @@ def _save(run_dir: pathlib.Path, config: RunConfig, model: nn.Module, opt: torch
     names = {"model": f"model-{step:08d}.safetensors", "optim": f"optim-{step:08d}.safetensors"}
     _atomic(lambda p: save_model(model, p), run_dir / names["model"])
     _atomic(lambda p: save_file(tensors, p), run_dir / names["optim"])
-    meta = {"step": step, "finished": step >= config.steps, "config": config.to_dict(), "param_groups": state["param_groups"],
-            "files": {kind: {"name": name, "sha256": _sha256(run_dir / name)} for kind, name in names.items()}}
+    meta = {"step": step, "finished": step >= config.steps, "config": config.to_dict(),
+            "param_groups": state["param_groups"], "files": {kind: {"name": name, "sha256": _sha256(run_dir / name)} for kind, name in names.items()}}
     _atomic(lambda p: pathlib.Path(p).write_text(json.dumps(meta, indent=1)), run_dir / "run.json")  # the commit
     for old in run_dir.glob("*.safetensors"):  # the previous checkpoint's files, now that this one is complete
         if old.name not in names.values():
