@@ -56,6 +56,8 @@ def test_given_tokenizer_and_unknowns_warned(path: pathlib.Path) -> None:
 def test_errors(tmp_path: pathlib.Path, path: pathlib.Path) -> None:
     with pytest.raises(FileNotFoundError, match="nothere.txt"):
         TextDataset(path=tmp_path / "nothere.txt")
+    with pytest.raises(ValueError, match="is a directory"):  # it said "does not exist"
+        TextDataset(path=tmp_path)
     (tmp_path / "empty.txt").write_text("")
     with pytest.raises(ValueError, match="empty.txt is empty"):
         TextDataset(path=tmp_path / "empty.txt")

@@ -89,6 +89,16 @@ def test_another_setup_in_the_same_directory_is_refused(tmp_path):
         compare(other, tmp_path, backend=FakeBackend(), progress=False)
 
 
+def test_lm_takes_one_context_length(tmp_path, capsys):
+    from posenc.cli import main
+
+    text = tmp_path / "t.txt"
+    text.write_text("abc " * 200)
+    assert main(["compare", "--task", "lm", "--text", str(text), "--train-lengths", "32", "64", "-e", "none",
+                 "--out", str(tmp_path / "out")]) == 2  # MIN was silently ignored
+    assert "--task lm trains on windows of one context length" in capsys.readouterr().err
+
+
 def test_bad_encodings_fail_before_training():
     with pytest.raises(ValueError, match="not registered"):
         CompareConfig(encodings=["none", "nosuch"])

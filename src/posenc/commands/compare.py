@@ -51,6 +51,8 @@ def run_config(args: argparse.Namespace, **overrides: object):  # -> RunConfig
 
     lm = args.task == "lm"
     lo, hi = args.train_lengths if args.train_lengths else ((128, 128) if lm else (1, 20))
+    if lm and lo != hi:
+        raise ValueError(f"--task lm trains on windows of one context length: give --train-lengths N N, got {lo} {hi}")
     return RunConfig(
         task=args.task, text=args.text, arch=args.arch, train_min=lo, train_max=hi, d_model=args.d_model,
         num_heads=args.heads, num_layers=args.layers, dim_feedforward=args.ff, dropout=args.dropout,

@@ -33,6 +33,8 @@ __all__ = ["TextDataset", "read_text"]
 def read_text(path: str | os.PathLike[str]) -> str:
     """The whole file as text, with errors that name the file (and the line of a bad byte)."""
     p = pathlib.Path(path)
+    if p.is_dir():
+        raise ValueError(f"text file {p} is a directory")
     if not p.is_file():
         raise FileNotFoundError(f"text file {p} does not exist")
     raw = p.read_bytes()
