@@ -152,3 +152,19 @@ def test_compare_threads_setting_flushes_denormals_and_checks_the_count():
             set_threads(-1)
     finally:
         flush_denormals(False)
+
+
+def test_time_to_go_keeps_a_rate_per_kind(monkeypatch):
+    """Measurements are slow and training steps fast: one shared rate made a loaded run's first measurement
+    predict minutes for seconds of steps."""
+    import posenc.lab.compare as cmp
+
+    clock = [0.0]
+    monkeypatch.setattr(cmp.time, "monotonic", lambda: clock[0])
+    bar = cmp._Progress(total_steps=100, total_measures=4, enabled=False)
+    clock[0] += 3.0
+    bar.step(length=1)  # one measurement: 3 s
+    clock[0] += 1.0
+    bar.step(step="1/100")  # one training step: 1 s
+    # 99 steps x 1 s + 3 measurements x 3 s = 108 s (a shared rate of 2 s an item would say 204 s)
+    assert bar.eta() == "about 1.8 min to go"

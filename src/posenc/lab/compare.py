@@ -133,12 +133,19 @@ def _check_base(out: pathlib.Path, base: RunConfig) -> None:
 
 
 class _Progress:
-    """One bar over every remaining training step and measurement; says which run and how long to go."""
+    """One bar over every remaining training step and measurement; says which run and how long to go.
 
-    def __init__(self, total: int, enabled: bool) -> None:
+    Training steps and measurements take very different times (a measurement evaluates hundreds of examples, and
+    the first one of a finished run includes loading it), so each kind keeps its own rate: the time to go is the
+    steps left at the steps' rate plus the measurements left at theirs (a kind not seen yet takes the other's)."""
+
+    def __init__(self, total_steps: int, total_measures: int, enabled: bool) -> None:
         self.bar = None
+        total = total_steps + total_measures
         self.total, self.done, self.start = total, 0, time.monotonic()
-        self.label, self.last = "", self.start
+        self.left = {"step": total_steps, "length": total_measures}
+        self.spent, self.count = {"step": 0.0, "length": 0.0}, {"step": 0, "length": 0}
+        self.label, self.last, self.mark = "", self.start, self.start
         if enabled:
             from tqdm.auto import tqdm
 
@@ -152,6 +159,12 @@ class _Progress:
             print(f"{label} ({self.eta()})", file=sys.stderr, flush=True)
 
     def step(self, n: int = 1, **post: Any) -> None:
+        now = time.monotonic()
+        kind = "length" if "length" in post else "step"
+        self.spent[kind] += now - self.mark
+        self.count[kind] += n
+        self.left[kind] -= n
+        self.mark = now
         self.done += n
         if self.bar is not None:
             self.bar.update(n)
@@ -163,9 +176,10 @@ class _Progress:
             print(f"{self.label}: {where} ({self.eta()})", file=sys.stderr, flush=True)
 
     def eta(self) -> str:
-        if not self.done:
+        rates = {k: self.spent[k] / self.count[k] for k in self.count if self.count[k]}
+        if not rates:
             return "estimating time to go"
-        left = (time.monotonic() - self.start) / self.done * (self.total - self.done)
+        left = sum(n * rates.get(k, next(iter(rates.values()))) for k, n in self.left.items())
         return f"about {left / 60:.1f} min to go"
 
     def close(self) -> None:
@@ -189,7 +203,7 @@ def compare(
         if todo:
             run_dir = out / "runs" / run_dir_name(run)
             plan.append((run, run_dir, todo, run.steps - min(run.steps, backend.steps_done(run, run_dir))))
-    bar = _Progress(sum(p[3] + len(p[2]) for p in plan), progress)
+    bar = _Progress(sum(p[3] for p in plan), sum(len(p[2]) for p in plan), progress)
     try:
         for i, (run, run_dir, todo, _) in enumerate(plan, start=1):
             bar.run(f"[{i}/{len(plan)}] {run.encoding} seed {run.seed}")
