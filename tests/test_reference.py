@@ -75,7 +75,9 @@ def test_incorporate_concat():
 
 @pytest.mark.parametrize(
     "kwargs, match",
-    [({"mode": "mix"}, "mode"), ({"layout": "zig"}, "layout"), ({"frequencies": "x"}, "frequencies")],
+    [({"mode": "mix"}, "mode"), ({"layout": "zig"}, "layout"), ({"frequencies": "x"}, "frequencies"),
+     ({"base": -5.0}, "base must be a finite number > 1, got -5.0"),  # gave NaN with a warning
+     ({"mode": "concat", "pe_dim": 0}, "d_model must be a positive int, got 0")],  # was d_model wide
 )
 def test_bad_options(kwargs, match):
     with pytest.raises(ValueError, match=match):
@@ -87,3 +89,5 @@ def test_bad_shapes():
         incorporate_positional_encoding(np.zeros((2, 4)))
     with pytest.raises(ValueError, match="d_model"):
         positional_encoding(3, 0)
+    with pytest.raises(ValueError, match="sequence_length must be a non-negative int, got 3.0"):  # a TypeError later
+        positional_encoding(3.0, 4)

@@ -32,10 +32,12 @@ def positional_encoding(
     spaces the n = ceil(d/2) frequencies evenly in log space, a step of log(base)/(n - 1).
     With an odd ``d_model`` there is one more sine than cosine: the last column is a sine term.
     """
-    if int(sequence_length) != sequence_length or sequence_length < 0:
+    if isinstance(sequence_length, bool) or not isinstance(sequence_length, (int, np.integer)) or sequence_length < 0:
         raise ValueError(f"sequence_length must be a non-negative int, got {sequence_length!r}")
-    if int(d_model) != d_model or d_model <= 0:
+    if isinstance(d_model, bool) or not isinstance(d_model, (int, np.integer)) or d_model <= 0:
         raise ValueError(f"d_model must be a positive int, got {d_model!r}")
+    if not (np.isfinite(base) and base > 1):
+        raise ValueError(f"base must be a finite number > 1, got {base!r}")
     if layout not in ("interleaved", "concat"):
         raise ValueError(f"layout must be 'interleaved' or 'concat', got {layout!r}")
     if frequencies not in ("paper", "tensor2tensor"):
@@ -71,6 +73,6 @@ def incorporate_positional_encoding(
     if mode == "add":
         return x + positional_encoding(seq, d_model, **pe_options)[None]
     if mode == "concat":
-        pe = positional_encoding(seq, pe_dim or d_model, **pe_options)
+        pe = positional_encoding(seq, d_model if pe_dim is None else pe_dim, **pe_options)
         return np.concatenate([x, np.broadcast_to(pe, (x.shape[0], *pe.shape))], axis=-1)
     raise ValueError(f"mode must be 'add' or 'concat', got {mode!r}")

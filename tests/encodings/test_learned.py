@@ -29,3 +29,15 @@ def test_gradient_reaches_the_table():
     enc.embed(torch.zeros(1, 3, 4), torch.arange(3)).sum().backward()
     assert enc.weight.grad[:3].abs().sum() > 0
     assert enc.weight.grad[3:].abs().sum() == 0
+
+
+
+@pytest.mark.parametrize("kw, message", [
+    ({"init_std": float("nan")}, "init_std must be a finite number >= 0, got nan"),  # an all-NaN table
+    ({"init_std": -1.0}, "init_std must be a finite number >= 0, got -1.0"),
+    ({"padding_offset": True}, "padding_offset must be an int >= 0, got True"),
+    ({"padding_offset": 1.5}, "padding_offset must be an int >= 0, got 1.5"),  # a raw torch TypeError
+])
+def test_bad_table_options_are_named(kw, message):
+    with pytest.raises(ValueError, match=message):
+        Learned(d_model=4, **kw)

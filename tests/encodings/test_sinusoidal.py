@@ -61,6 +61,15 @@ def test_concat_combine_and_scale():
 def test_bad_options():
     with pytest.raises(ValueError, match="layout must be one of"):
         Sinusoidal(d_model=8, layout="zigzag")
+    with pytest.raises(ValueError, match="base must be a finite number > 1, got nan"):  # gave NaN columns
+        Sinusoidal(d_model=8, base=float("nan"))
+    from posenc.encodings.sinusoidal import sinusoidal_table
+
+    for kw, message in (({"layout": "concatenated"}, "layout must be one of"),  # was the interleaved table
+                        ({"frequencies": "fairseq"}, "frequencies must be one of"),  # was tensor2tensor's
+                        ({"base": 1.0}, "base must be a finite number > 1, got 1.0")):
+        with pytest.raises(ValueError, match=message):
+            sinusoidal_table(2, 4, **kw)
     with pytest.raises(ValueError, match="0 < dim < d_model"):
         Sinusoidal(d_model=8, combine="concat", dim=8)
     with pytest.raises(ValueError, match="positions must be >= 0"):

@@ -58,6 +58,25 @@ def test_keep_last_k(tmp_path: pathlib.Path) -> None:
     assert [p.name for p in checkpoint_dirs(tmp_path)] == ["step_00000003", "step_00000004"]
 
 
+def test_pruning_never_removes_the_checkpoint_just_written(tmp_path: pathlib.Path) -> None:
+    """A resume that fell back past a corrupt step 3 writes step 2 again: with keep=1 the step-2 checkpoint is the
+    one kept (ranking by step number alone deleted it and kept the corrupt step 3)."""
+    model, opt = _trained()
+    for step in (1, 2, 3):
+        save_checkpoint(tmp_path, step=step, model=model, optimizer=opt, state={}, keep=2)
+    save_checkpoint(tmp_path, step=2, model=model, optimizer=opt, state={}, keep=1)
+    assert [p.name for p in checkpoint_dirs(tmp_path)] == ["step_00000002"]
+    save_checkpoint(tmp_path, step=3, model=model, optimizer=opt, state={}, keep=2)
+    assert [p.name for p in checkpoint_dirs(tmp_path)] == ["step_00000002", "step_00000003"]
+
+
+def test_a_state_json_would_change_is_refused(tmp_path: pathlib.Path) -> None:
+    model, opt = _trained()
+    with pytest.raises(ValueError, match="must survive JSON unchanged"):  # int keys: it could never verify
+        save_checkpoint(tmp_path, step=1, model=model, optimizer=opt, state={"counts": {2: 1, 10: 3}})
+    assert checkpoint_dirs(tmp_path) == []
+
+
 def test_corrupt_and_partial_are_skipped_with_a_warning(tmp_path: pathlib.Path) -> None:
     model, opt = _trained()
     for step in (1, 2, 3):

@@ -8,6 +8,8 @@ row for: asking for one is a ``ValueError`` naming the position and the table si
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor, nn
 
@@ -27,8 +29,10 @@ class Learned(PositionalEncoding):
         super().__init__()
         check_positive_int("d_model", d_model)
         check_positive_int("max_len", max_len)
-        if padding_offset < 0:
-            raise ValueError(f"padding_offset must be >= 0, got {padding_offset}")
+        if isinstance(padding_offset, bool) or not isinstance(padding_offset, int) or padding_offset < 0:
+            raise ValueError(f"padding_offset must be an int >= 0, got {padding_offset!r}")
+        if not (math.isfinite(init_std) and init_std >= 0):
+            raise ValueError(f"init_std must be a finite number >= 0, got {init_std}")
         self.max_len, self.padding_offset = max_len, padding_offset
         self.weight = nn.Parameter(torch.randn(max_len + padding_offset, d_model) * init_std)
 

@@ -56,6 +56,11 @@ class Randomized(PositionalEncoding):
         self.inner = build(inner, **context)
         if isinstance(self.inner, Randomized):
             raise ValueError("randomized cannot wrap another randomized encoding")
+        inner_len = getattr(self.inner, "max_len", None)  # a learned table: training samples from [0, max_len)
+        if isinstance(inner_len, int) and inner_len < max_len:
+            raise ValueError(f"randomized samples positions from [0, max_len={max_len}) but its inner "
+                             f"{self.inner.name!r} holds {inner_len} positions; give the inner max_len >= {max_len} "
+                             f"or randomized a max_len <= {inner_len}")
         self.max_len, self.seed = max_len, seed
         self.generator = torch.Generator().manual_seed(seed)
         self.rotate_after_cache = self.inner.rotate_after_cache

@@ -7,7 +7,9 @@ Two published layouts of the same numbers: ``interleaved`` (the paper: sin at ev
 ``concat`` (fairseq and tensor2tensor: all sines, then all cosines). Two published frequency ladders:
 ``paper`` (exponent 2i/d) and ``tensor2tensor`` (log(10000)/(n-1) steps between n timescales). The encoding is
 either added to the token embeddings (the paper) or concatenated to them (``combine="concat"``, then the
-token embeddings are ``d_model - dim`` wide). With an odd width the extra column is a sine.
+token embeddings are ``d_model - dim`` wide). With an odd width the extra column is a sine and the ladder has
+ceil(d/2) frequencies; fairseq and tensor2tensor instead use d//2 of them and pad a zero column, so the two
+conventions agree for even widths only.
 """
 
 from __future__ import annotations
@@ -24,6 +26,11 @@ from .base import PositionalEncoding, register
 __all__ = ["Sinusoidal", "sinusoidal_table"]
 
 
+def _check_base(base: float) -> None:
+    if not (math.isfinite(base) and base > 1):
+        raise ValueError(f"base must be a finite number > 1, got {base}")
+
+
 def sinusoidal_table(
     length: int,
     dim: int,
@@ -34,6 +41,9 @@ def sinusoidal_table(
     dtype: torch.dtype = torch.float32,
 ) -> Tensor:
     """The ``(length, dim)`` table, computed in float64 so that far positions keep their precision."""
+    check_choice("layout", layout, ("interleaved", "concat"))
+    check_choice("frequencies", frequencies, ("paper", "tensor2tensor"))
+    _check_base(base)
     n_sin, n_cos = (dim + 1) // 2, dim // 2
     i = torch.arange(n_sin, dtype=torch.float64)
     if frequencies == "paper":
@@ -84,8 +94,7 @@ class Sinusoidal(PositionalEncoding):
             dim = d_model // 2 if dim is None else dim
             if not 0 < dim < d_model:
                 raise ValueError(f"combine='concat' needs 0 < dim < d_model ({d_model}), got dim={dim}")
-        if base <= 1:
-            raise ValueError(f"base must be > 1, got {base}")
+        _check_base(base)
         self.d_model, self.dim, self.base = d_model, int(dim), float(base)
         self.scale = math.sqrt(d_model) if scale_input else 1.0
         self.register_buffer("table", torch.empty(0, self.dim), persistent=False)

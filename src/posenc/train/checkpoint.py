@@ -161,10 +161,16 @@ def save_checkpoint(
     run_dir: str | os.PathLike[str], *, step: int, model: nn.Module, optimizer: torch.optim.Optimizer,
     state: dict[str, Any], keep: int = 3,
 ) -> pathlib.Path:
-    """Write checkpoint ``step`` atomically, then delete all but the newest ``keep`` (``keep <= 0`` keeps all).
+    """Write checkpoint ``step`` atomically, then delete all but ``keep`` (``keep <= 0`` keeps all): this one and
+    the newest ``keep - 1`` others (a step below an existing one, after a resume fell back past a corrupt newer
+    checkpoint, is never the one deleted).
 
-    ``state`` holds the JSON-able rest: data position, model config, tokenizer fingerprint, counters.
+    ``state`` holds the JSON-able rest: data position, model config, tokenizer fingerprint, counters; a value JSON
+    would change (a dict with int keys) is refused, as it could never verify against its recorded digest.
     """
+    if json.loads(json.dumps(state)) != state:
+        raise ValueError("checkpoint state must survive JSON unchanged (string dict keys, lists not tuples); "
+                         f"got {state!r}")
     root = pathlib.Path(run_dir) / "checkpoints"
     root.mkdir(parents=True, exist_ok=True)
     _remove_leftovers(root)
@@ -182,7 +188,8 @@ def save_checkpoint(
     os.rename(tmp, final)
     _fsync_dir(root)
     if keep > 0:
-        for old in checkpoint_dirs(run_dir)[:-keep]:
+        others = [p for p in checkpoint_dirs(run_dir) if p != final]
+        for old in others[: max(len(others) - (keep - 1), 0)]:
             shutil.rmtree(old, ignore_errors=True)
     return final
 

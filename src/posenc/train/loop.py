@@ -231,6 +231,8 @@ def _eval_keeping_weights(
     ``torchrun`` the other ranks may still be evaluating)."""
     try:
         return _eval_and_log(s, step, mlog, elapsed, cpu)
+    except TrainingError:
+        raise  # out of memory or disk space: a checkpoint would fail too, and the message names the intact one
     except Exception:
         if not s.par.active:
             _checkpoint(s, step)
