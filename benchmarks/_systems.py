@@ -7,7 +7,10 @@
   sinusoidal encoding of the PyTorch translation tutorial (a fixed buffer added, then dropout) and an output
   ``nn.Linear``; the causal target mask is the tutorial's float mask with ``tgt_is_causal=True``.
 * ``xtransformers``: x-transformers' ``XTransformer`` (pre-norm, GELU, its sinusoidal embedding with a learned
-  scale, SDPA attention via ``attn_flash=True``); its wrapper computes the cross-entropy itself.
+  scale, its own attention: the products in autocast's dtype, softmax in fp32); its wrapper computes the
+  cross-entropy itself. ``xtransformers+flash``: the same with ``attn_flash=True`` (SDPA, whose CPU math path
+  with dropout computes attention in fp32: slower in bf16 on this CPU, about as fast in fp32). Run both; the
+  ratio is taken against the faster peer of each round.
 
 Every system trains on the same batch with the same optimizer (``torch.optim.Adam``, lr 1e-4) and the same
 cross-entropy; only the model differs.
@@ -118,7 +121,7 @@ def build(system: str, cfg: Config) -> nn.Module:
         return model
     if system == "torch":
         return TorchSeq2Seq(cfg)
-    if system == "xtransformers":
+    if system in ("xtransformers", "xtransformers+flash"):
         try:
             from x_transformers import XTransformer
         except ImportError as err:
@@ -126,10 +129,11 @@ def build(system: str, cfg: Config) -> nn.Module:
                              "(or leave it out of --systems)") from err
 
         common = dict(depth=cfg.layers, heads=cfg.heads, num_tokens=cfg.vocab, attn_dropout=cfg.dropout,
-                      ff_dropout=cfg.dropout, emb_dropout=cfg.dropout, attn_flash=True, scaled_sinu_pos_emb=True)
+                      ff_dropout=cfg.dropout, emb_dropout=cfg.dropout, attn_flash=system.endswith("+flash"),
+                      scaled_sinu_pos_emb=True)
         kw = {f"enc_{k}": v for k, v in common.items()} | {f"dec_{k}": v for k, v in common.items()}
         return XTransformer(dim=cfg.d_model, enc_max_seq_len=cfg.length, dec_max_seq_len=cfg.length + 1, **kw)
-    raise ValueError(f"unknown system {system!r}; valid: posenc, posenc+fast, posenc+compile, posenc+fast+compile, torch, xtransformers")
+    raise ValueError(f"unknown system {system!r}; valid: posenc, posenc+fast, posenc+compile, posenc+fast+compile, torch, xtransformers, xtransformers+flash")
 
 
 def make_step(system: str, cfg: Config, precision: str, adam: str = "fused") -> tuple[Callable[[Tensor, Tensor], float], nn.Module]:
@@ -138,7 +142,7 @@ def make_step(system: str, cfg: Config, precision: str, adam: str = "fused") -> 
     opt_kw = {"fused": True} if adam == "fused" else {"foreach": adam == "foreach"}
     opt = torch.optim.Adam(model.parameters(), lr=1e-4, **opt_kw)
     forward: Callable[[Tensor, Tensor], Tensor]
-    if system == "xtransformers":
+    if system.startswith("xtransformers"):
         def forward(src: Tensor, tgt: Tensor) -> Tensor:
             return model(src, tgt)  # the wrapper shifts tgt and returns the mean cross-entropy
     else:

@@ -31,7 +31,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _common import add_process_options, apply_process_options, child_json, process_flags, current_rss_mib, dump, machine, matmul_peak_gflops, median, peak_rss_mib, table  # noqa: E402
 from _systems import CONFIGS, batch, make_step, model_flops, parameters  # noqa: E402
 
-PEERS = ("torch", "xtransformers")
+PEERS = ("torch", "xtransformers", "xtransformers+flash")
 
 
 def time_systems(
