@@ -12,7 +12,6 @@ Legend: B batch, T target length, S source length, D model width.
 from __future__ import annotations
 
 import copy
-
 from collections.abc import Callable
 
 import torch.nn.functional as F

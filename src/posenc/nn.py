@@ -98,8 +98,8 @@ class Transformer(nn.Module):
             raise TypeError(f"from_torch needs a torch.nn.Transformer, got {type(module).__name__}")
         layer = module.encoder.layers[0]
         settings = _layer_settings(layer)
-        for i, other in enumerate([*module.encoder.layers, *module.decoder.layers]):
-            differ = {k: (v, _layer_settings(other)[k]) for k, v in settings.items() if _layer_settings(other)[k] != v}
+        for i, other in enumerate(_layer_settings(x) for x in [*module.encoder.layers, *module.decoder.layers]):
+            differ = {k: (v, other[k]) for k, v in settings.items() if other[k] != v}
             if differ:
                 raise ValueError(f"from_torch needs every layer to share the first encoder layer's settings; layer {i} "
                                  f"(encoder layers first) differs: {differ}")

@@ -16,8 +16,9 @@ def run(args: argparse.Namespace) -> int:
 
     device = resolve_device(args.device)
     model, tokenizer, cfg = load_run(args.run_dir, checkpoint=args.checkpoint, device=device)
-    if args.checkpoint is not None:  # another run's checkpoint may share the model, not the data it was trained on
-        diffs = data_differences(read_state(args.checkpoint), cfg)
+    chosen = None if args.checkpoint is None else (args.checkpoint, read_state(args.checkpoint))
+    if chosen is not None:  # another run's checkpoint may share the model, not the data it was trained on
+        diffs = data_differences(chosen[1], cfg)
         if diffs:
             print(f"posenc: note: checkpoint {args.checkpoint} was trained on other data than {args.run_dir} "
                   f"({'; '.join(diffs)}); it is evaluated on {args.run_dir}'s", file=sys.stderr)
@@ -35,7 +36,7 @@ def run(args: argparse.Namespace) -> int:
     dataset = build_dataset(cfg, tokenizer=tokenizer)
     precision = args.precision or cfg.train.precision
     evals = evaluate_sets(model, dataset, device=device, precision=precision)
-    found = latest_valid(args.run_dir) if args.checkpoint is None else (args.checkpoint, read_state(args.checkpoint))
+    found = latest_valid(args.run_dir) if chosen is None else chosen
     step = found[1]["step"] if found else "?"
     print(f"{args.run_dir}: checkpoint step {step}, {precision}")
     print(format_results(evals))

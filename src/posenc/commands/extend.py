@@ -7,14 +7,12 @@ import argparse
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..lab.extend import ExtendConfig, extend
+    from ..lab.extend import ExtendConfig, check_factors, extend
     from ..lab.runs import load_run
     from .compare import parse_lengths, set_threads
 
     set_threads(args.threads)
-    bad = [f for f in args.factors if not f >= 1]
-    if bad:
-        raise ValueError(f"--factors must be >= 1 (the context is extended by them), got {bad}")
+    check_factors(args.factors)  # the default lengths below are computed from them
     if args.lengths:
         lengths = parse_lengths(args.lengths)
     else:

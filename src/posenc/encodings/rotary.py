@@ -222,11 +222,13 @@ class RoPE(PositionalEncoding):
         return cos[positions], sin[positions]
 
     # -- the hook --------------------------------------------------------------------------------------------
-    def _rotate_one(self, x: Tensor, pos: Tensor, length: int) -> Tensor:
-        cos, sin = self.cos_sin(pos, length)
+    def _rotate_with(self, x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
         if cos.dim() == 3:  # (B, T, R/2) -> (B, 1, T, R/2), broadcast over heads
             cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
         return apply_rotary(x, cos.to(x.dtype), sin.to(x.dtype), layout=self.layout)
+
+    def _rotate_one(self, x: Tensor, pos: Tensor, length: int) -> Tensor:
+        return self._rotate_with(x, *self.cos_sin(pos, length))
 
     def rotate(self, q: Tensor, k: Tensor, q_pos: Tensor, k_pos: Tensor) -> tuple[Tensor, Tensor]:
         if self.dynamic and k_pos.dim() == 2 and k_pos.numel() and q_pos.numel():
@@ -240,11 +242,8 @@ class RoPE(PositionalEncoding):
         check_positions(k_pos)
         q_pos = q_pos.expand(k_pos.shape[0], -1) if q_pos.dim() == 1 else q_pos
         lengths = (torch.maximum(q_pos.amax(-1), k_pos.amax(-1)) + 1).tolist()  # (B,)
-        out = []
-        for x, pos in ((q, q_pos), (k, k_pos)):
-            cos, sin = self._dynamic_rows(pos, lengths)  # (B, T, R/2)
-            out.append(apply_rotary(x, cos.unsqueeze(1).to(x.dtype), sin.unsqueeze(1).to(x.dtype), layout=self.layout))
-        return out[0], out[1]  # (B, H, T, Dh)
+        q = self._rotate_with(q, *self._dynamic_rows(q_pos, lengths))  # (B, H, T, Dh)
+        return q, self._rotate_with(k, *self._dynamic_rows(k_pos, lengths))
 
     def extra_repr(self) -> str:
         return (

@@ -26,6 +26,9 @@ from .base import PositionalEncoding, register
 __all__ = ["Sinusoidal", "sinusoidal_table"]
 
 
+LAYOUTS, FREQUENCIES = ("interleaved", "concat"), ("paper", "tensor2tensor")
+
+
 def _check_base(base: float) -> None:
     if not (math.isfinite(base) and base > 1):
         raise ValueError(f"base must be a finite number > 1, got {base}")
@@ -41,8 +44,8 @@ def sinusoidal_table(
     dtype: torch.dtype = torch.float32,
 ) -> Tensor:
     """The ``(length, dim)`` table, computed in float64 so that far positions keep their precision."""
-    check_choice("layout", layout, ("interleaved", "concat"))
-    check_choice("frequencies", frequencies, ("paper", "tensor2tensor"))
+    check_choice("layout", layout, LAYOUTS)
+    check_choice("frequencies", frequencies, FREQUENCIES)
     _check_base(base)
     n_sin, n_cos = (dim + 1) // 2, dim // 2
     i = torch.arange(n_sin, dtype=torch.float64)
@@ -83,8 +86,8 @@ class Sinusoidal(PositionalEncoding):
     ) -> None:
         super().__init__()
         check_positive_int("d_model", d_model)
-        self.layout = check_choice("layout", layout, ("interleaved", "concat"))
-        self.frequencies = check_choice("frequencies", frequencies, ("paper", "tensor2tensor"))
+        self.layout = check_choice("layout", layout, LAYOUTS)
+        self.frequencies = check_choice("frequencies", frequencies, FREQUENCIES)
         self.combine = check_choice("combine", combine, ("add", "concat"))
         if combine == "add":
             if dim is not None and dim != d_model:

@@ -141,15 +141,14 @@ class _Progress:
 
     def __init__(self, total_steps: int, total_measures: int, enabled: bool) -> None:
         self.bar = None
-        total = total_steps + total_measures
-        self.total, self.done, self.start = total, 0, time.monotonic()
         self.left = {"step": total_steps, "length": total_measures}
         self.spent, self.count = {"step": 0.0, "length": 0.0}, {"step": 0, "length": 0}
-        self.label, self.last, self.mark = "", self.start, self.start
+        self.label, self.last = "", time.monotonic()
+        self.mark = self.last
         if enabled:
             from tqdm.auto import tqdm
 
-            self.bar = tqdm(total=total, unit="it", dynamic_ncols=True, file=sys.stderr)
+            self.bar = tqdm(total=total_steps + total_measures, unit="it", dynamic_ncols=True, file=sys.stderr)
 
     def run(self, label: str) -> None:
         self.label = label
@@ -165,7 +164,6 @@ class _Progress:
         self.count[kind] += n
         self.left[kind] -= n
         self.mark = now
-        self.done += n
         if self.bar is not None:
             self.bar.update(n)
             if post:

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import math
-
 import pathlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
@@ -27,7 +26,7 @@ from . import results as res
 from .plots import plot_metric_vs_length
 from .runs import RunConfig, evaluate, load_run, make_data, make_model, train_run
 
-__all__ = ["SCALINGS", "ExtendConfig", "extend", "scaled_spec"]
+__all__ = ["SCALINGS", "ExtendConfig", "check_factors", "extend", "scaled_spec"]
 
 SCALINGS = ("none", "linear", "ntk", "dynamic", "yarn", "llama3")
 # Names an encoding may give the length it was trained at (the scalings that need it read it from there).
@@ -55,6 +54,11 @@ def scaled_spec(spec: str, scaling: str, factor: float, trained_length: int) -> 
     return "rope:" + ",".join(f"{k}={v}" for k, v in opts.items())
 
 
+def check_factors(factors: Sequence[float]) -> None:
+    if not factors or not all(math.isfinite(f) and f >= 1 for f in factors):
+        raise ValueError(f"factors must be finite numbers >= 1 (the context is extended by them), got {factors}")
+
+
 @dataclass
 class ExtendConfig:
     run_dir: str
@@ -70,9 +74,7 @@ class ExtendConfig:
             raise ValueError(f"unknown scalings {bad}; valid: {', '.join(SCALINGS)}")
         if not self.scalings or len(set(self.scalings)) != len(self.scalings):
             raise ValueError(f"scalings must be distinct and at least one, got {self.scalings}")
-        if not self.factors or not all(math.isfinite(f) and f >= 1 for f in self.factors):
-            raise ValueError(f"factors must be finite numbers >= 1 (the context is extended by them), "
-                             f"got {self.factors}")
+        check_factors(self.factors)
         if self.finetune_lr is not None and not (math.isfinite(self.finetune_lr) and self.finetune_lr > 0):
             raise ValueError(f"finetune_lr must be a finite number > 0, got {self.finetune_lr}")
         if not self.lengths or min(self.lengths) < 1:

@@ -14,7 +14,6 @@ Legend: B batch, T length, V vocabulary.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
@@ -29,6 +28,7 @@ from safetensors.torch import load_file, load_model, save_file, save_model
 from torch import nn
 
 from ..models import LanguageModel, LMConfig, Seq2Seq, Seq2SeqConfig
+from ..train.checkpoint import file_sha256
 from .tasks import IGNORE, SEQUENCE_TASKS, CharText, SequenceTask
 
 __all__ = ["RunConfig", "evaluate", "is_finished", "load_run", "make_data", "make_model", "train_run"]
@@ -143,20 +143,13 @@ def _save(run_dir: pathlib.Path, config: RunConfig, model: nn.Module, opt: torch
     names = {"model": f"model-{step:08d}.safetensors", "optim": f"optim-{step:08d}.safetensors"}
     _atomic(lambda p: save_model(model, p), run_dir / names["model"])
     _atomic(lambda p: save_file(tensors, p), run_dir / names["optim"])
+    files = {kind: {"name": name, "sha256": file_sha256(run_dir / name)} for kind, name in names.items()}
     meta = {"step": step, "finished": step >= config.steps, "config": config.to_dict(),
-            "param_groups": state["param_groups"], "files": {kind: {"name": name, "sha256": _sha256(run_dir / name)} for kind, name in names.items()}}
+            "param_groups": state["param_groups"], "files": files}
     _atomic(lambda p: pathlib.Path(p).write_text(json.dumps(meta, indent=1)), run_dir / "run.json")  # the commit
     for old in run_dir.glob("*.safetensors"):  # the previous checkpoint's files, now that this one is complete
         if old.name not in names.values():
             old.unlink()
-
-
-def _sha256(path: pathlib.Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _checkpoint_file(run_dir: pathlib.Path, meta: dict[str, Any], kind: str) -> pathlib.Path:
@@ -166,7 +159,7 @@ def _checkpoint_file(run_dir: pathlib.Path, meta: dict[str, Any], kind: str) -> 
     if entry is None:
         return run_dir / f"{kind}.safetensors"
     path = run_dir / entry["name"]
-    if not path.is_file() or _sha256(path) != entry["sha256"]:
+    if not path.is_file() or file_sha256(path) != entry["sha256"]:
         raise ValueError(f"{path} is missing or does not match the sha256 run.json records (a corrupt or partial "
                          f"file); delete {run_dir} to train the run again")
     return path

@@ -36,7 +36,7 @@ from safetensors.torch import load_file, load_model, save_file, save_model
 from torch import nn
 
 __all__ = [
-    "CheckpointError", "CheckpointWriteError", "atomic_write_text", "checkpoint_dirs", "latest_valid",
+    "CheckpointError", "CheckpointWriteError", "atomic_write_text", "checkpoint_dirs", "file_sha256", "latest_valid",
     "load_checkpoint", "read_state", "save_checkpoint",
 ]
 
@@ -97,7 +97,8 @@ def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
     _fsync_dir(p.parent)
 
 
-def _sha256(path: pathlib.Path) -> str:
+def file_sha256(path: pathlib.Path) -> str:
+    """The sha256 of a file's bytes, read in 1 MiB blocks (hex)."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -206,7 +207,7 @@ def _write(tmp: pathlib.Path, *, step: int, model: nn.Module, optimizer: torch.o
     files = {}
     for name in ("model.safetensors", "trainer.safetensors"):
         _fsync_file(tmp / name)
-        files[name] = _sha256(tmp / name)
+        files[name] = file_sha256(tmp / name)
     doc = {"format": FORMAT, "step": step, **state, "optimizer": opt_meta, "files": files}
     doc["state_sha256"] = _state_digest(doc)
     with open(tmp / "state.json", "w", encoding="utf-8") as f:
@@ -238,7 +239,7 @@ def read_state(path: str | os.PathLike[str]) -> dict[str, Any]:
         f = p / name
         if not f.is_file():
             raise CheckpointError(f"checkpoint {p} is incomplete: {name} is missing")
-        if _sha256(f) != digest:
+        if file_sha256(f) != digest:
             raise CheckpointError(f"checkpoint {p} is corrupt: {name} does not match its recorded sha256")
     return doc
 

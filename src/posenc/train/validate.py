@@ -6,16 +6,12 @@ from __future__ import annotations
 
 import math
 
+from .._checks import check_choice
 from .config import RunConfig, check_types
 from .distributed import PARALLEL_MODES
 from .faults import NONFINITE_POLICIES
 
 __all__ = ["check_run_config"]
-
-
-def _choice(what: str, value: str, choices: tuple[str, ...]) -> None:
-    if value not in choices:
-        raise ValueError(f"{what} must be one of {', '.join(map(repr, choices))}; got {value!r}")
 
 
 def _at_least(what: str, value: float, low: float) -> None:
@@ -35,12 +31,12 @@ def _check_train(cfg: RunConfig) -> None:
                     ("train.checkpoint_every", t.checkpoint_every)):
         if v < 1:
             raise ValueError(f"{what} must be >= 1, got {v}")
-    _choice("train.precision", t.precision, ("fp32", "bf16"))
-    _choice("train.attention", t.attention, ("auto", "fused", "math"))
-    _choice("train.time_limit_clock", t.time_limit_clock, ("wall", "cpu"))
-    _choice("train.nonfinite", t.nonfinite, NONFINITE_POLICIES)
-    _choice("train.progress", t.progress, ("auto", "on", "off"))
-    _choice("train.parallel", t.parallel, PARALLEL_MODES)
+    check_choice("train.precision", t.precision, ("fp32", "bf16"))
+    check_choice("train.attention", t.attention, ("auto", "fused", "math"))
+    check_choice("train.time_limit_clock", t.time_limit_clock, ("wall", "cpu"))
+    check_choice("train.nonfinite", t.nonfinite, NONFINITE_POLICIES)
+    check_choice("train.progress", t.progress, ("auto", "on", "off"))
+    check_choice("train.parallel", t.parallel, PARALLEL_MODES)
     _at_least("train.threads (0 = torch's default)", t.threads, 0)
     _at_least("train.keep_checkpoints (0 = keep all)", t.keep_checkpoints, 0)
     _at_least("train.time_limit (0 = none)", t.time_limit, 0)
@@ -50,8 +46,8 @@ def _check_train(cfg: RunConfig) -> None:
 
 def _check_optim(cfg: RunConfig) -> None:
     o = cfg.optim
-    _choice("optim.name", o.name, ("adam", "adamw"))
-    _choice("optim.schedule", o.schedule, ("noam", "cosine", "constant"))
+    check_choice("optim.name", o.name, ("adam", "adamw"))
+    check_choice("optim.schedule", o.schedule, ("noam", "cosine", "constant"))
     if not (math.isfinite(o.lr) and o.lr > 0):
         raise ValueError(f"optim.lr must be a finite number > 0, got {o.lr}")
     _at_least("optim.warmup_steps", o.warmup_steps, 0)
