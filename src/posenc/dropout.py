@@ -34,11 +34,16 @@ from torch import Tensor, nn
 
 __all__ = [
     "FastDropout", "apply_mask", "fast_dropout", "keep_mask", "keep_scale", "quantized_p", "random_words",
-    "representable",
+    "relu_keep_", "representable",
 ]
 
 _LEVELS = 1 << 16
 _INT64_MIN = torch.iinfo(torch.int64).min
+
+
+def _threshold(p: float) -> int:
+    """The int16 threshold with ``P(half >= threshold) = 1 - quantized_p(p)`` for a uniform 16-bit ``half``."""
+    return round(p * _LEVELS) - _LEVELS // 2
 
 
 def quantized_p(p: float) -> float:
@@ -81,6 +86,28 @@ def _fill_mask(chunk: Tensor, seed: int, threshold: int) -> None:
         np.multiply(halves >= threshold, out.dtype.type(one), out=out)
 
 
+def _fill_relu_keep(chunk: Tensor, seed: int, threshold: int) -> None:
+    """``chunk <- relu(chunk) * keep`` in place, ``keep`` the 0/1 values :func:`_fill_mask` would write for
+    ``seed``: one pass over a chunk still in the cache. bf16 works on its bit patterns (a bf16 is positive
+    exactly when its bits, read as int16, are), so there a NaN with the sign bit set, or a dropped NaN,
+    becomes 0 where float arithmetic would keep it NaN."""
+    n = chunk.numel()
+    halves = _sfc64_words(seed, (n + 3) // 4).view(np.int16)[:n]
+    view = torch.int16 if chunk.dtype == torch.bfloat16 else chunk.dtype
+    values = chunk.view(view).numpy()
+    np.multiply(values, (values > 0) & (halves >= threshold), out=values)
+
+
+def _chunk_entries() -> int:
+    """Mask entries per chunk: four 16-bit halves per word."""
+    return 4 * _CHUNK_WORDS
+
+
+def _in_chunks(n: int, device: torch.device, dtype: torch.dtype) -> bool:
+    """Whether a mask of ``n`` entries is drawn chunk by chunk on the CPU threads (larger than one chunk)."""
+    return n > _chunk_entries() and device.type == "cpu" and dtype in _NUMPY_VIEWS
+
+
 def _chunk_seeds(count: int, generator: torch.Generator | None) -> list[int]:
     """One seed per chunk, drawn from ``generator`` (torch's default one if None)."""
     return torch.empty(count, dtype=torch.int64).random_(_INT64_MIN, None, generator=generator).tolist()
@@ -120,11 +147,10 @@ def keep_mask(shape: torch.Size | tuple[int, ...], p: float, *, device: torch.de
     n = 1
     for s in shape:
         n *= s
-    threshold = round(p * _LEVELS) - _LEVELS // 2  # P(halves >= threshold) = 1 - quantized_p(p)
-    per_chunk = 4 * _CHUNK_WORDS
-    if n > per_chunk and torch.device(device or "cpu").type == "cpu" and dtype in _NUMPY_VIEWS:
+    threshold = _threshold(p)
+    if _in_chunks(n, torch.device(device or "cpu"), dtype):
         mask = torch.empty(n, dtype=dtype)
-        chunks = mask.split(per_chunk)
+        chunks = mask.split(_chunk_entries())
         _on_threads(_fill_mask, chunks, _chunk_seeds(len(chunks), generator), threshold)
         return mask.view(shape)
     words = random_words((n + 3) // 4, device=device, generator=generator)  # all 64 bits uniform
@@ -132,6 +158,22 @@ def keep_mask(shape: torch.Size | tuple[int, ...], p: float, *, device: torch.de
     if dtype == torch.bool:
         return (halves >= threshold).view(shape)
     return torch.ge(halves, threshold, out=halves.new_empty(n, dtype=dtype)).view(shape)
+
+
+def relu_keep_(h: Tensor, p: float, *, generator: torch.Generator | None = None) -> Tensor:
+    """In place: ``h <- relu(h) * m`` with ``m`` the :func:`keep_mask` of ``h``'s shape that the same generator
+    state gives; unscaled (the caller applies :func:`keep_scale`). Returns ``h``.
+
+    The fast path's feed-forward block (:mod:`posenc.fused_feedforward`) drops the ReLU's output: ReLU and mask
+    together in one pass, with the large CPU mask's words compared chunk by chunk as they are drawn, and no mask
+    kept (the entries that passed are where the result is positive). Negative entries come out as -0.0 in float.
+    """
+    if _in_chunks(h.numel(), h.device, h.dtype) and h.is_floating_point() and h.is_contiguous():
+        chunks = h.view(-1).split(_chunk_entries())
+        _on_threads(_fill_relu_keep, chunks, _chunk_seeds(len(chunks), generator), _threshold(p))
+        return h
+    keep = keep_mask(h.shape, p, device=h.device, generator=generator, dtype=h.dtype)
+    return h.clamp_min_(0).mul_(keep)
 
 
 class _ScaledMask(torch.autograd.Function):

@@ -19,7 +19,9 @@ from torch import Tensor, nn
 
 from .attention import AttentionMask, MultiHeadAttention
 from .cache import LayerCache
+from .dropout import representable
 from .encodings.base import PositionalEncoding
+from .fused_feedforward import relu_dropout_feedforward
 
 __all__ = ["DecoderLayer", "EncoderLayer", "FeedForward", "activation_fn"]
 
@@ -35,7 +37,13 @@ def activation_fn(activation: str | Callable[[Tensor], Tensor]) -> Callable[[Ten
 
 
 class FeedForward(nn.Module):
-    """Two linear maps with an activation between them, applied at each position alike."""
+    """Two linear maps with an activation between them, applied at each position alike.
+
+    On the fast path (``fast_dropout``, set by :func:`posenc.fast.use_fast_path`) a ReLU block in training runs
+    as one node (:func:`posenc.fused_feedforward.relu_dropout_feedforward`): the same function, fewer passes
+    and one hidden tensor kept instead of three. Hooks on the submodules, other activations or other linear
+    modules keep the modules' own path.
+    """
 
     def __init__(
         self, *, d_model: int, dim_feedforward: int, dropout: float = 0.1, activation: str | Callable = "relu", bias: bool = True
@@ -46,8 +54,21 @@ class FeedForward(nn.Module):
         self.linear2 = nn.Linear(dim_feedforward, d_model, bias=bias)
         # A module (nn.PReLU(), say) is copied, as torch's layers copy theirs: each layer learns its own.
         self.activation = copy.deepcopy(activation) if isinstance(activation, nn.Module) else activation_fn(activation)
+        self.fast_dropout = False  # the fast path's fused ReLU-dropout block (posenc.fast.use_fast_path)
+
+    def _fuses(self) -> bool:
+        """Whether this training call takes the fused ReLU-dropout node: plain ``nn.Linear`` maps, ReLU, a
+        dropout the 16-bit mask can draw, and no hook on any of the parts (the node would bypass it)."""
+        act, parts = self.activation, (self.linear1, self.linear2, self.dropout)
+        relu = act is F.relu or type(act) is nn.ReLU
+        hooked = any(m._forward_hooks or m._forward_pre_hooks or m._backward_hooks for m in parts)
+        return (self.fast_dropout and relu and not hooked and isinstance(self.dropout, nn.Dropout)
+                and representable(self.dropout.p) and all(type(m) is nn.Linear for m in parts[:2]))
 
     def forward(self, x: Tensor) -> Tensor:
+        if self.training and self._fuses():
+            l1, l2 = self.linear1, self.linear2
+            return relu_dropout_feedforward(x, l1.weight, l1.bias, l2.weight, l2.bias, p=self.dropout.p)
         h = self.activation(self.linear1(x))
         return self.linear2(self.dropout(h) if self.training else h)  # (B, T, D)
 
