@@ -9,6 +9,9 @@ and compares in one run:
 * the replayed products alone: their time, the GFLOP/s they reach at the step's shapes, and the MFU a step
   would reach if nothing else cost anything (the *ceiling*).
 
+Both times are medians over ``--reps`` rounds that time a step and then the replay, so the two meet the same
+conditions of a shared machine.
+
 A ceiling below a target MFU means that no removal of overhead reaches it on this machine; only faster matrix
 kernels at these shapes (or larger shapes) would.
 
@@ -89,30 +92,37 @@ def _replay(calls) -> tuple[callable, float]:
     return run, flops
 
 
-def _best(fn, reps: int) -> float:
+def _timed(fn) -> float:
+    t0 = time.perf_counter()
     fn()
-    times = []
+    return time.perf_counter() - t0
+
+
+def _medians(step, replay, ctx, reps: int) -> tuple[float, float]:
+    """Median seconds of the step and of its products replayed, timed alternately (``reps`` rounds), so that
+    both meet the same conditions of a shared machine and the same statistic is taken of each."""
+    with ctx:
+        replay()  # warm: the operands' pages, the kernels' first-call set-up
+    steps, replays = [], []
     for _ in range(reps):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return min(times)
+        steps.append(_timed(step))
+        with ctx:
+            replays.append(_timed(replay))
+    return statistics.median(steps), statistics.median(replays)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_step_options(ap, system="posenc+fast", config="base", precision="bf16")
-    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--reps", type=int, default=5, help="rounds of step + replay (medians)")
     add_process_options(ap)
     args = ap.parse_args()
     apply_process_options(args)
     step, src, tgt, cfg = warm_step(args)
     calls = _record(step, src, tgt)
     replay, flops = _replay(calls)
-    step_s = statistics.median([_best(lambda: step(src, tgt), 1) for _ in range(args.reps)])
     ctx = torch.autocast("cpu", dtype=torch.bfloat16) if args.precision == "bf16" else contextlib.nullcontext()
-    with ctx:
-        replay_s = _best(replay, args.reps)
+    step_s, replay_s = _medians(lambda: step(src, tgt), replay, ctx, args.reps)
     dtype = torch.bfloat16 if args.precision == "bf16" else torch.float32
     peak = matmul_peak_gflops(dtype)[0]
     model = model_flops(cfg)

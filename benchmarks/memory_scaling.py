@@ -23,7 +23,10 @@ import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from _common import child_json, current_rss_mib, dump, machine, median, peak_rss_mib, table  # noqa: E402
+from _common import (  # noqa: E402
+    add_process_options, apply_process_options, child_json, current_rss_mib, dump, machine, median, peak_rss_mib,
+    process_flags, table,
+)
 
 
 def child(args: argparse.Namespace) -> None:
@@ -65,18 +68,20 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=3)
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     ap.add_argument("--child", type=int, help=argparse.SUPPRESS)
+    add_process_options(ap)
     args = ap.parse_args()
+    apply_process_options(args)  # in every child, as posenc train sets its process up
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.child:
         child(args)
         return
-    print(f"machine: {machine()}")
+    print(f"machine: {machine()}; denormals {args.denormals}, malloc {args.malloc}")
     rows, base = [], None
     for length in args.lengths:
         flags = ["--child", str(length), "--path", args.path, "--d-model", str(args.d_model), "--heads", str(args.heads),
                  "--layers", str(args.layers), "--dropout", str(args.dropout), "--steps", str(args.steps),
-                 "--threads", str(args.threads)]
+                 "--threads", str(args.threads), *process_flags(args)]
         r = child_json(__file__, flags)
         base = base or (length, r)
         rows.append([

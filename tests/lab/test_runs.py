@@ -84,8 +84,10 @@ def test_teacher_forced_exact_match_equals_greedy_decoding():
     assert any(0.0 < v < 1.0 for v in seen)
 
 
-def test_resume_after_interruption_is_bit_identical(tmp_path):
-    cfg = RunConfig(encoding="learned", steps=6, checkpoint_every=2, dropout=0.1, **TINY)
+@pytest.mark.parametrize("encoding", ["learned", "randomized:inner=rope,max_len=64"])
+def test_resume_after_interruption_is_bit_identical(tmp_path, encoding):
+    """Also with randomized positions, whose sampler's generator is saved with the checkpoint."""
+    cfg = RunConfig(encoding=encoding, steps=6, checkpoint_every=2, dropout=0.1, **TINY)
     full = train_run(cfg, tmp_path / "full")
 
     class Stop(Exception):

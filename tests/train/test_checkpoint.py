@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import pathlib
 
 import pytest
@@ -10,7 +11,7 @@ import torch
 from posenc.data.tokenizers import CharTokenizer
 from posenc.models import LanguageModel, LMConfig
 from posenc.train.checkpoint import (
-    CheckpointError, checkpoint_dirs, latest_valid, load_checkpoint, read_state, save_checkpoint,
+    CheckpointError, _restore_rng, checkpoint_dirs, latest_valid, load_checkpoint, read_state, save_checkpoint,
 )
 from posenc.train.config import ModelConfig, OptimConfig
 from posenc.train.optim import build_optimizer
@@ -49,6 +50,67 @@ def test_round_trip_restores_weights_ties_optimizer_and_rng(tmp_path: pathlib.Pa
         for name, v in st.items():
             assert torch.equal(v, b["state"][pid][name]), (pid, name)
     assert torch.equal(torch.get_rng_state(), rng)
+
+
+def test_a_module_generator_is_saved_and_restored(tmp_path: pathlib.Path) -> None:
+    """randomized's position sampler draws from a generator of its own: a resume continues its sequence. A
+    checkpoint without that state (written before it was saved) loads with a warning naming the module."""
+    torch.manual_seed(0)
+    model = LanguageModel(LMConfig(vocab_size=11, d_model=16, num_heads=2, num_layers=1, dim_feedforward=32,
+                                   encoding="randomized:inner=rope,max_len=40"))
+    opt = build_optimizer(model, OptimConfig())
+    sampler = model.stack.layers[0].self_attn.encoding
+    sampler.sample(5, rows=3)  # the generator has moved on from its seed
+    path = save_checkpoint(tmp_path, step=1, model=model, optimizer=opt, state={})
+    expected = sampler.sample(6, rows=2)
+    sampler.reset()
+    assert not torch.equal(sampler.sample(6, rows=2), expected)
+    load_checkpoint(path, model=model, restore_rng=True)
+    assert torch.equal(sampler.sample(6, rows=2), expected)
+    name = r"stack\.layers\.0\.self_attn\.encoding"
+    with pytest.warns(UserWarning, match=rf"no state for the generator of {name}.*not bit-identical"):
+        _restore_rng({"rng.torch": torch.get_rng_state()}, model, path)
+
+
+@pytest.mark.parametrize("exchange", [True, False])
+def test_a_checkpoint_of_the_same_step_is_replaced(tmp_path: pathlib.Path, exchange: bool, monkeypatch) -> None:
+    """Re-writing step 5 replaces it. Where the OS swaps directories atomically, a kill right after the swap
+    (here: the removal of the old one interrupted) leaves the new checkpoint valid under the final name, and the
+    old one as a hidden leftover that the next save removes."""
+    from posenc.train import checkpoint as ckpt
+
+    if not exchange:
+        monkeypatch.setattr(ckpt, "_exchange", lambda a, b: False)
+    else:
+        (tmp_path / "a").mkdir()
+        (tmp_path / "b").mkdir()
+        (tmp_path / "a" / "x").touch()
+        if not ckpt._exchange(tmp_path / "a", tmp_path / "b"):
+            pytest.skip("this OS or file system cannot swap directories atomically")
+        assert (tmp_path / "b" / "x").exists() and not (tmp_path / "a" / "x").exists()
+    model, opt = _trained()
+    save_checkpoint(tmp_path, step=5, model=model, optimizer=opt, state={"data_position": 1}, keep=1)
+    if exchange:
+        monkeypatch.setattr(ckpt.shutil, "rmtree", _interrupt_on_tmp(ckpt.shutil.rmtree))
+    try:
+        save_checkpoint(tmp_path, step=5, model=model, optimizer=opt, state={"data_position": 2}, keep=1)
+    except KeyboardInterrupt:
+        assert exchange
+    monkeypatch.undo()
+    path, doc = latest_valid(tmp_path)
+    assert path.name == "step_00000005" and doc["data_position"] == 2
+    root = tmp_path / "checkpoints"
+    assert [p.name for p in root.iterdir() if p.name.startswith(".")] == ([f".step_00000005.tmp{os.getpid()}"]
+                                                                          if exchange else [])
+
+
+def _interrupt_on_tmp(rmtree):
+    def fake(path, *args, **kwargs):
+        if ".tmp" in pathlib.Path(path).name and (pathlib.Path(path) / "state.json").is_file():
+            raise KeyboardInterrupt  # killed while removing the swapped-out checkpoint
+        return rmtree(path, *args, **kwargs)
+
+    return fake
 
 
 def test_keep_last_k(tmp_path: pathlib.Path) -> None:

@@ -24,6 +24,7 @@ SCRIPT = textwrap.dedent("""
     cfg.data.task, cfg.data.batch_size, cfg.data.train_lengths, cfg.data.test_lengths = "reverse", 8, [1, 6], [7, 9]
     cfg.train.steps, cfg.train.checkpoint_every, cfg.train.keep_checkpoints, cfg.train.log_every = 12, 4, 2, 1
     cfg.train.precision, cfg.train.threads, cfg.train.run_dir = "fp32", 1, sys.argv[1]
+    cfg.model.encoding = sys.argv[3]
     cfg.eval.every, cfg.eval.examples = 6, 16
     cfg.optim.warmup_steps, cfg.optim.label_smoothing = 3, 0.1
     kill_at = int(sys.argv[2])
@@ -36,10 +37,10 @@ SCRIPT = textwrap.dedent("""
 """)
 
 
-def _run(run_dir: pathlib.Path, kill_at: int) -> int:
+def _run(run_dir: pathlib.Path, kill_at: int, encoding: str = "none") -> int:
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
-    proc = subprocess.run([sys.executable, "-c", SCRIPT, str(run_dir), str(kill_at)], env=env, capture_output=True,
-                          text=True, timeout=300)
+    proc = subprocess.run([sys.executable, "-c", SCRIPT, str(run_dir), str(kill_at), encoding], env=env,
+                          capture_output=True, text=True, timeout=300)
     if proc.returncode not in (0, -signal.SIGKILL):
         raise AssertionError(proc.stderr)
     return proc.returncode
@@ -58,13 +59,15 @@ def _tensors(path: pathlib.Path) -> dict[str, torch.Tensor]:
 
 
 @pytest.mark.slow
-def test_sigkill_and_resume_is_bit_identical(tmp_path: pathlib.Path) -> None:
+@pytest.mark.parametrize("encoding", ["none", "randomized:inner=rope,max_len=64"])
+def test_sigkill_and_resume_is_bit_identical(tmp_path: pathlib.Path, encoding: str) -> None:
+    """Also with randomized positions, whose sampler owns a generator: its state is in the checkpoint too."""
     whole, killed = tmp_path / "whole", tmp_path / "killed"
-    assert _run(whole, kill_at=0) == 0
-    assert _run(killed, kill_at=10) == -signal.SIGKILL  # dies after checkpoint 8, before step 12
+    assert _run(whole, kill_at=0, encoding=encoding) == 0
+    assert _run(killed, kill_at=10, encoding=encoding) == -signal.SIGKILL  # dies after checkpoint 8, before 12
     ckpts = sorted(p.name for p in (killed / "checkpoints").iterdir())
     assert ckpts == ["step_00000004", "step_00000008"]
-    assert _run(killed, kill_at=0) == 0  # --resume auto: continues from step 8
+    assert _run(killed, kill_at=0, encoding=encoding) == 0  # --resume auto: continues from step 8
     for name in ("model.safetensors", "trainer.safetensors"):
         a = _tensors(whole / "checkpoints" / "step_00000012" / name)
         b = _tensors(killed / "checkpoints" / "step_00000012" / name)

@@ -28,7 +28,7 @@ from safetensors.torch import load_file, load_model, save_file, save_model
 from torch import nn
 
 from ..models import LanguageModel, LMConfig, Seq2Seq, Seq2SeqConfig
-from ..train.checkpoint import file_sha256
+from ..train.checkpoint import file_sha256, module_generator_states, restore_module_generators
 from .tasks import IGNORE, SEQUENCE_TASKS, CharText, SequenceTask
 
 __all__ = ["RunConfig", "evaluate", "is_finished", "load_run", "make_data", "make_model", "train_run"]
@@ -140,6 +140,7 @@ def _save(run_dir: pathlib.Path, config: RunConfig, model: nn.Module, opt: torch
     state = opt.state_dict()
     tensors = {f"{i}.{k}": v.contiguous() for i, s in state["state"].items() for k, v in s.items()}
     tensors["rng"] = torch.get_rng_state()
+    tensors |= module_generator_states(model)  # randomized positions' sampler: a resume continues its draws
     names = {"model": f"model-{step:08d}.safetensors", "optim": f"optim-{step:08d}.safetensors"}
     _atomic(lambda p: save_model(model, p), run_dir / names["model"])
     _atomic(lambda p: save_file(tensors, p), run_dir / names["optim"])
@@ -200,8 +201,11 @@ def is_finished(run_dir: str | pathlib.Path, config: RunConfig) -> bool:
 
 def _restore(run_dir: pathlib.Path, meta: dict[str, Any], model: nn.Module, opt: torch.optim.Optimizer) -> int:
     _load(_checkpoint_file(run_dir, meta, "model"), lambda p: load_model(model, p))
-    tensors = _load(_checkpoint_file(run_dir, meta, "optim"), load_file)
+    path = _checkpoint_file(run_dir, meta, "optim")
+    tensors = _load(path, load_file)
     torch.set_rng_state(tensors.pop("rng"))
+    restore_module_generators(tensors, model, path)
+    tensors = {k: v for k, v in tensors.items() if not k.startswith("rng.module.")}
     state: dict[int, dict[str, torch.Tensor]] = {}
     for key, value in tensors.items():
         i, name = key.split(".", 1)

@@ -4,7 +4,8 @@ A checkpoint is a directory ``<run>/checkpoints/step_00001500/`` holding
 
 * ``model.safetensors`` -- the weights (``safetensors.torch.save_model``, which stores a tied tensor once);
 * ``trainer.safetensors`` -- the optimizer's tensors (``state.<param>.<name>``) and the RNG states
-  (``rng.torch``, ``rng.cuda.<i>``);
+  (``rng.torch``, ``rng.cuda.<i>``, and ``rng.module.<name>`` for each module that draws from a
+  ``torch.Generator`` of its own, kept as its ``generator`` attribute: ``randomized``'s position sampler);
 * ``state.json`` -- the step, the data position, the optimizer's parameter groups and scalars, the model
   config, the tokenizer fingerprint, the trainer's own counters, the sha256 of both tensor files, and
   ``state_sha256``, the sha256 of its own canonical JSON without that field (so a flipped byte anywhere in a
@@ -12,7 +13,8 @@ A checkpoint is a directory ``<run>/checkpoints/step_00001500/`` holding
 
 Nothing is pickled; nothing is read with ``torch.load``. Writing is atomic: the files go into a hidden
 ``.step_00001500.tmp`` directory, each is fsynced, then the directory is renamed to its final name and the parent
-fsynced, so a checkpoint has its final name only when complete. A save that fails (a full disk: ``OSError``)
+fsynced, so a checkpoint has its final name only when complete (one of the same step already there is swapped
+out in the same atomic step on Linux). A save that fails (a full disk: ``OSError``)
 removes its temporary directory and raises :class:`CheckpointWriteError`; leftovers of a process killed while
 saving are never listed and are removed by the next save. A checkpoint whose ``state.json`` is missing or
 unreadable, or whose files do not match their recorded hashes, is *invalid*: ``latest_valid`` skips it with a
@@ -21,12 +23,15 @@ warning naming it and falls back to the next older one.
 
 from __future__ import annotations
 
+import ctypes
+import errno
 import hashlib
 import json
 import os
 import pathlib
 import re
 import shutil
+import sys
 import warnings
 from typing import Any
 
@@ -37,7 +42,7 @@ from torch import nn
 
 __all__ = [
     "CheckpointError", "CheckpointWriteError", "atomic_write_text", "checkpoint_dirs", "file_sha256", "latest_valid",
-    "load_checkpoint", "read_state", "save_checkpoint",
+    "load_checkpoint", "module_generator_states", "read_state", "restore_module_generators", "save_checkpoint",
 ]
 
 FORMAT = "posenc-checkpoint/1"
@@ -134,19 +139,52 @@ def _optimizer_state_dict(tensors: dict[str, torch.Tensor], meta: dict[str, Any]
     return {"state": state, "param_groups": groups}
 
 
-def _rng_tensors() -> dict[str, torch.Tensor]:
+def _module_generators(model: Any) -> dict[str, torch.Generator]:
+    """The generators modules own (``module.generator``), by module name: their draws are part of a run's state.
+    ``model`` is a module or a gathered state's view of one (FSDP), which names its module as ``module``."""
+    root = model if isinstance(model, nn.Module) else getattr(model, "module", None)
+    if root is None:
+        return {}
+    return {name: m.generator for name, m in root.named_modules()
+            if isinstance(getattr(m, "generator", None), torch.Generator)}
+
+
+def module_generator_states(model: Any) -> dict[str, torch.Tensor]:
+    """``{"rng.module.<name>": state}`` for every generator a module of ``model`` owns (see
+    :func:`_module_generators`): what a checkpoint stores so that a resume continues their draws."""
+    return {f"rng.module.{name}": gen.get_state() for name, gen in _module_generators(model).items()}
+
+
+def restore_module_generators(tensors: dict[str, torch.Tensor], model: nn.Module, path: pathlib.Path) -> None:
+    """Set every generator a module of ``model`` owns from ``tensors`` (:func:`module_generator_states`); a
+    checkpoint written before these states were stored restores the rest, with a warning naming the modules."""
+    missing = []
+    for name, gen in _module_generators(model).items():
+        state = tensors.get(f"rng.module.{name}")
+        if state is None:
+            missing.append(name or "the model")
+        else:
+            gen.set_state(state)
+    if missing:
+        warnings.warn(f"checkpoint {path} holds no state for the generator of {', '.join(missing)}: its draws "
+                      "(randomized positions) restart from the seed, so this resume is not bit-identical",
+                      stacklevel=3)
+
+
+def _rng_tensors(model: Any) -> dict[str, torch.Tensor]:
     out = {"rng.torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         for i, s in enumerate(torch.cuda.get_rng_state_all()):
             out[f"rng.cuda.{i}"] = s
-    return out
+    return out | module_generator_states(model)
 
 
-def _restore_rng(tensors: dict[str, torch.Tensor]) -> None:
+def _restore_rng(tensors: dict[str, torch.Tensor], model: nn.Module, path: pathlib.Path) -> None:
     torch.set_rng_state(tensors["rng.torch"])
     cuda = sorted((k for k in tensors if k.startswith("rng.cuda.")), key=lambda k: int(k.rsplit(".", 1)[1]))
     if cuda and torch.cuda.is_available():
         torch.cuda.set_rng_state_all([tensors[k] for k in cuda][: torch.cuda.device_count()])
+    restore_module_generators(tensors, model, path)
 
 
 def checkpoint_dirs(run_dir: str | os.PathLike[str]) -> list[pathlib.Path]:
@@ -184,15 +222,47 @@ def save_checkpoint(
         if not isinstance(err, OSError):
             raise
         raise CheckpointWriteError(err.errno, f"could not write checkpoint {final}: {err.strerror or err}") from err
-    if final.exists():  # a re-run of the same step (e.g. the final checkpoint after a resume): replace it
-        shutil.rmtree(final)
-    os.rename(tmp, final)
+    _put_in_place(tmp, final)
     _fsync_dir(root)
     if keep > 0:
         others = [p for p in checkpoint_dirs(run_dir) if p != final]
         for old in others[: max(len(others) - (keep - 1), 0)]:
             shutil.rmtree(old, ignore_errors=True)
     return final
+
+
+def _put_in_place(tmp: pathlib.Path, final: pathlib.Path) -> None:
+    """Rename the finished ``tmp`` to ``final``. A checkpoint of the same step already there (the final checkpoint
+    re-written after a resume, say) is swapped out atomically where the OS can (Linux ``renameat2`` with
+    ``RENAME_EXCHANGE``), so that a kill at any moment leaves one of the two under the final name; elsewhere it is
+    removed first, which leaves a short window with neither."""
+    if final.exists():
+        if _exchange(tmp, final):
+            shutil.rmtree(tmp)  # now the old one; a kill here leaves a leftover the next save removes
+            return
+        shutil.rmtree(final)
+    os.rename(tmp, final)
+
+
+_AT_FDCWD, _RENAME_EXCHANGE = -100, 2  # <fcntl.h>, <linux/fs.h>
+
+
+def _exchange(a: pathlib.Path, b: pathlib.Path) -> bool:
+    """Swap two existing paths atomically; False where the platform or file system cannot (nothing changed)."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):  # a C library without renameat2 (glibc < 2.28, musl)
+        return False
+    renameat2.argtypes = (ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint)
+    renameat2.restype = ctypes.c_int
+    if renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):  # not supported here: the caller falls back
+        return False
+    raise OSError(err, f"could not swap {a} and {b}: {os.strerror(err)}")
 
 
 def _write(tmp: pathlib.Path, *, step: int, model: nn.Module, optimizer: torch.optim.Optimizer,
@@ -203,7 +273,7 @@ def _write(tmp: pathlib.Path, *, step: int, model: nn.Module, optimizer: torch.o
     tmp.mkdir()
     save_model(model, str(tmp / "model.safetensors"))
     opt_tensors, opt_meta = _optimizer_parts(optimizer)
-    save_file({**opt_tensors, **_rng_tensors()}, str(tmp / "trainer.safetensors"))
+    save_file({**opt_tensors, **_rng_tensors(model)}, str(tmp / "trainer.safetensors"))
     files = {}
     for name in ("model.safetensors", "trainer.safetensors"):
         _fsync_file(tmp / name)
@@ -271,5 +341,5 @@ def load_checkpoint(
     if optimizer is not None:
         optimizer.load_state_dict(_optimizer_state_dict(tensors, doc["optimizer"]))
     if restore_rng:
-        _restore_rng(tensors)
+        _restore_rng(tensors, model, p)
     return doc

@@ -215,7 +215,7 @@ class Parallel:
         index = {n: i for i, n in enumerate(names)}
         state = {index[n]: v for n, v in osd["state"].items()}
         groups = [{**g, "params": [index[n] for n in g["params"]]} for g in osd["param_groups"]]
-        return _StateView(msd), _StateView({"state": state, "param_groups": groups})
+        return _StateView(msd, model), _StateView({"state": state, "param_groups": groups})
 
     def load_optimizer(self, path: pathlib.Path, model: nn.Module, optimizer: torch.optim.Optimizer,
                        doc: dict[str, Any]) -> None:
@@ -243,9 +243,11 @@ def _init_group(*, backend: str, rank: int, world: int, timeout: datetime.timede
 
 @dataclass
 class _StateView:
-    """Stands in for a module or optimizer where only ``state_dict()`` is read (``save_checkpoint``)."""
+    """Stands in for a module or optimizer where only ``state_dict()`` is read (``save_checkpoint``); a model's
+    view keeps the module, whose own generators (``randomized``'s sampler) the checkpoint saves too."""
 
     sd: dict[str, Any]
+    module: nn.Module | None = None
 
     def state_dict(self) -> dict[str, Any]:
         return self.sd
