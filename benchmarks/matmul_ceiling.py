@@ -9,8 +9,9 @@ and compares in one run:
 * the replayed products alone: their time, the GFLOP/s they reach at the step's shapes, and the MFU a step
   would reach if nothing else cost anything (the *ceiling*).
 
-Both times are medians over ``--reps`` rounds that time a step and then the replay, so the two meet the same
-conditions of a shared machine.
+Each of ``--reps`` rounds measures the 2048^3 peak, a step and the replay back to back; the table gives the
+medians, and the MFUs as medians of each round's figure against that round's peak, so that step, products and
+peak meet the same conditions of a shared machine.
 
 A ceiling below a target MFU means that no removal of overhead reaches it on this machine; only faster matrix
 kernels at these shapes (or larger shapes) would.
@@ -98,17 +99,19 @@ def _timed(fn) -> float:
     return time.perf_counter() - t0
 
 
-def _medians(step, replay, ctx, reps: int) -> tuple[float, float]:
-    """Median seconds of the step and of its products replayed, timed alternately (``reps`` rounds), so that
-    both meet the same conditions of a shared machine and the same statistic is taken of each."""
+def _rounds(step, replay, ctx, reps: int, dtype: torch.dtype) -> tuple[list[float], list[float], list[float]]:
+    """Seconds of the step and of its products replayed, and the 2048^3 peak (GFLOP/s, best of 3), in each of
+    ``reps`` rounds: the three back to back, so that each round's figures meet the same conditions of a shared
+    machine (whose matrix units come and go) and the same statistic is taken of each."""
     with ctx:
         replay()  # warm: the operands' pages, the kernels' first-call set-up
-    steps, replays = [], []
+    steps, replays, peaks = [], [], []
     for _ in range(reps):
+        peaks.append(matmul_peak_gflops(dtype, repeats=3)[0])
         steps.append(_timed(step))
         with ctx:
             replays.append(_timed(replay))
-    return statistics.median(steps), statistics.median(replays)
+    return steps, replays, peaks
 
 
 def main() -> None:
@@ -122,19 +125,22 @@ def main() -> None:
     calls = _record(step, src, tgt)
     replay, flops = _replay(calls)
     ctx = torch.autocast("cpu", dtype=torch.bfloat16) if args.precision == "bf16" else contextlib.nullcontext()
-    step_s, replay_s = _medians(lambda: step(src, tgt), replay, ctx, args.reps)
     dtype = torch.bfloat16 if args.precision == "bf16" else torch.float32
-    peak = matmul_peak_gflops(dtype)[0]
+    steps, replays, peaks = _rounds(lambda: step(src, tgt), replay, ctx, args.reps, dtype)
+    step_s, replay_s = statistics.median(steps), statistics.median(replays)
     model = model_flops(cfg)
     tokens = cfg.batch * cfg.length
+    step_mfu = statistics.median(model / s / 1e9 / p for s, p in zip(steps, peaks))
+    ceiling = statistics.median(model / r / 1e9 / p for r, p in zip(replays, peaks))
     print(f"{args.system}, {args.config} config, {args.precision}, {torch.get_num_threads()} threads, "
-          f"denormals {args.denormals}, malloc {args.malloc}; matrix peak (2048^3) {peak:.0f} GFLOP/s")
-    print("| | time per step | target tok/s | GFLOP/s of the products | MFU (model FLOPs / peak) |")
+          f"denormals {args.denormals}, malloc {args.malloc}; matrix peak (2048^3) per round "
+          f"{', '.join(f'{p:.0f}' for p in peaks)} GFLOP/s")
+    print("| | time per step (median) | target tok/s | GFLOP/s of the products "
+          "| MFU against each round's peak (median) |")
     print("|---|---|---|---|---|")
-    print(f"| training step | {step_s:.3f} s | {tokens / step_s:,.0f} | {flops / step_s / 1e9:.0f} | "
-          f"{model / step_s / 1e9 / peak:.0%} |")
+    print(f"| training step | {step_s:.3f} s | {tokens / step_s:,.0f} | {flops / step_s / 1e9:.0f} | {step_mfu:.0%} |")
     print(f"| its {len(calls)} matrix products alone | {replay_s:.3f} s | {tokens / replay_s:,.0f} | "
-          f"{flops / replay_s / 1e9:.0f} | {model / replay_s / 1e9 / peak:.0%} (ceiling) |")
+          f"{flops / replay_s / 1e9:.0f} | {ceiling:.0%} (ceiling) |")
     print(f"products: {flops / 1e9:.1f} GFLOP recorded vs {model / 1e9:.1f} GFLOP in the model formula; "
           f"share of the step: {replay_s / step_s:.0%}")
 

@@ -35,6 +35,46 @@ def test_relu_keep_is_relu_times_the_keep_mask_of_the_same_seed(dtype, chunks, m
     assert abs(kept - 0.7) < (0.1 if not chunks else 0.02)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("chunks", [False, True])
+def test_relu_keep_on_non_finite_values(dtype, chunks, monkeypatch):
+    """torch's arithmetic in every path: -inf, -1, -0.0 and +0.0 become 0 whether kept or dropped; a kept NaN or
+    +inf stays; dropped, they give NaN (inf * 0, NaN * 0). bf16 chunks with an inf or NaN take float32."""
+    monkeypatch.setattr(dropout, "_CHUNK_WORDS", 1024)
+    special = torch.tensor([-float("inf"), -1.0, -0.0, 0.0, float("nan"), float("inf"), 2.0])
+    n = 4 * 1024 * 3 if chunks else 700
+    h = special.repeat(n // 7 + 1)[:n].to(dtype)
+    torch.manual_seed(5)
+    keep = keep_mask(h.shape, 0.5, dtype=dtype)
+    torch.manual_seed(5)
+    out = relu_keep_(h.clone(), 0.5)
+    kept, x = keep.bool(), h.float()
+    finite = x.isfinite() | (x == -float("inf"))
+    expected = torch.where(kept, x.clamp_min(0), 0.0)
+    assert torch.equal(out.float()[finite], expected[finite])  # every finite entry, and -inf, exactly
+    assert out.float()[kept & x.isnan()].isnan().all() and (out.float()[kept & (x == float("inf"))] == float("inf")).all()
+    dropped_special = ~kept & (x.isnan() | (x == float("inf")))
+    assert dropped_special.any() and out.float()[dropped_special].isnan().all()
+    if chunks:  # a chunk without inf or NaN next to it takes the bit-pattern path in bf16: the same values
+        g = torch.Generator().manual_seed(0)
+        h = torch.cat([torch.randn(4096, generator=g), special]).to(dtype)  # the first chunk finite, the last not
+        torch.manual_seed(6)
+        expected = h.float().clamp_min(0) * keep_mask(h.shape, 0.5, dtype=torch.float32)
+        torch.manual_seed(6)
+        torch.testing.assert_close(relu_keep_(h.clone(), 0.5).float(), expected, rtol=0, atol=0, equal_nan=True)
+
+
+def test_relu_keep_refuses_a_tensor_that_needs_a_gradient():
+    h = torch.randn(4, 1024 * 1024, requires_grad=True)
+    with pytest.raises(ValueError, match="needs no gradient"):
+        relu_keep_(h.clone(), 0.1)
+    with torch.no_grad():
+        y = h.clone()
+        before = y._version
+        relu_keep_(y, 0.1)
+        assert y._version > before  # a copy saved for a backward would be seen as modified
+
+
 def _blocks(bias=True, activation="relu", p=0.1):
     torch.manual_seed(0)
     ff = FeedForward(d_model=24, dim_feedforward=2048, dropout=p, activation=activation, bias=bias).train()
@@ -42,6 +82,16 @@ def _blocks(bias=True, activation="relu", p=0.1):
     unfused = use_fast_path(copy.deepcopy(ff))
     unfused.fast_dropout = False  # FastDropout after ReLU: the same mask, drawn and applied as its own module
     return unfused, fused
+
+
+def _ran_fused(y) -> bool:
+    """Whether the fused node made ``y`` (through the view that restores the leading dimensions)."""
+    fn, seen = y.grad_fn, 0
+    while fn is not None and seen < 3:
+        if type(fn).__name__ == "_ReLUDropoutFFBackward":
+            return True
+        fn, seen = (fn.next_functions[0][0] if fn.next_functions else None), seen + 1
+    return False
 
 
 def _run(module, x, seed=5, autocast=False):
@@ -61,6 +111,7 @@ def test_fused_block_computes_what_the_modules_compute(bias):
     x = torch.randn(3, 50, 24, requires_grad=True)  # 150 x 2048 hidden entries: several mask chunks
     (y0, g0), (y1, g1) = _run(unfused, x), _run(fused, x)
     assert y1.shape == y0.shape == x.shape and y1.dtype == torch.float32
+    assert _ran_fused(y1) and not _ran_fused(y0)
     torch.testing.assert_close(y1, y0, rtol=1e-5, atol=1e-6)
     assert len(g1) == len(g0) == (5 if bias else 3)
     for a, b in zip(g1, g0):
@@ -74,6 +125,7 @@ def test_fused_block_under_bf16_autocast_matches_to_bf16_rounding():
     x = torch.randn(3, 50, 24, requires_grad=True)
     (y0, g0), (y1, g1) = _run(unfused, x, autocast=True), _run(fused, x, autocast=True)
     assert y1.dtype == y0.dtype == torch.bfloat16
+    assert _ran_fused(y1) and not _ran_fused(y0)
     assert [g.dtype for g in g1] == [g.dtype for g in g0] == [torch.float32] * 5
     torch.testing.assert_close(y1.float(), y0.float(), rtol=2e-2, atol=2e-2)
     for a, b in zip(g1, g0):  # relative to each gradient's size: bf16 keeps 8 bits
@@ -119,7 +171,8 @@ def test_the_fused_block_keeps_one_hidden_tensor_for_the_backward():
     assert hidden_saved(unfused) == 3
 
 
-@pytest.mark.parametrize("case", ["gelu", "hook", "p0", "eval", "plain", "linear"])
+@pytest.mark.parametrize("case", ["gelu", "hook", "p0", "eval", "plain", "linear", "dropout_eval", "relu_hook",
+                                  "backward_pre_hook", "global_hook", "dropout_subclass"])
 def test_other_blocks_keep_the_modules_path(case, monkeypatch):
     """GELU, a hook on a part, no dropout, evaluation, the plain path, a linear module that is not nn.Linear: the
     fused node would not compute the same thing (or would bypass the hook), so the modules run."""
@@ -135,9 +188,26 @@ def test_other_blocks_keep_the_modules_path(case, monkeypatch):
         use_fast_path(unfused, enabled=False)  # torch's dropout in both
     elif case == "linear":
         fused.linear2 = type("MyLinear", (nn.Linear,), {})(2048, 24)
-    fused(torch.randn(2, 3, 24))
+    elif case == "dropout_eval":  # the block trains, its dropout does not: the modules do not drop
+        fused.dropout.eval()
+    elif case == "relu_hook":
+        fused.activation = nn.ReLU()
+        fused.activation.register_forward_hook(lambda *a: calls.append("hook"))
+    elif case == "backward_pre_hook":
+        fused.linear2.register_full_backward_pre_hook(lambda *a: None)
+    elif case == "global_hook":
+        handle = nn.modules.module.register_module_forward_hook(lambda *a: None)
+        monkeypatch.setattr(handle, "__del__", None, raising=False)
+        calls_handle = handle
+    elif case == "dropout_subclass":
+        fused.dropout = type("MyDropout", (nn.Dropout,), {})(0.1)
+    try:
+        fused(torch.randn(2, 3, 24))
+    finally:
+        if case == "global_hook":
+            calls_handle.remove()
     assert 1 not in calls
-    assert calls == (["hook"] if case == "hook" else [])
+    assert calls == (["hook"] if case in ("hook", "relu_hook") else [])
     if case not in ("gelu", "p0", "eval", "plain"):
         return
     unfused.train(fused.training)

@@ -105,6 +105,16 @@ def test_eos_stops_one_sequence_while_others_continue():
     assert beams[1][0].tokens == [B]  # A -> B -> EOS (0.27) beats A -> EOS (0.3) per token at penalty 1
 
 
+def test_a_huge_max_new_tokens_allocates_only_what_generation_uses():
+    """The cache reserves at most 1,024 new tokens up front and doubles past them: a budget of 10^12 tokens that
+    ends at the first EOS allocates next to nothing (reserving it all would fail)."""
+    lm, s2s = small_lm("rope"), small_s2s("sinusoidal")
+    first = generate(lm, [[3, 4]], max_new_tokens=1)[0][0]  # what greedy emits first: make it the EOS
+    assert generate(lm, [[3, 4]], max_new_tokens=10**12, eos_id=first) == [[]]
+    first = translate(s2s, [[3, 4]], bos_id=1, eos_id=2, max_len=1)[0][0]
+    assert translate(s2s, [[3, 4]], bos_id=1, eos_id=first, max_len=10**12) == [[]]
+
+
 def test_sampling_matches_the_filtered_distribution():
     """Draws from the start row (A 0.6, B 0.4) at temperature 2: probabilities proportional to p ** (1/2)."""
     model = trap_model()

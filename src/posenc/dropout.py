@@ -86,16 +86,30 @@ def _fill_mask(chunk: Tensor, seed: int, threshold: int) -> None:
         np.multiply(halves >= threshold, out.dtype.type(one), out=out)
 
 
+_BF16_MAGNITUDE, _BF16_INF = 0x7FFF, 0x7F80  # bit masks: all but the sign; the exponent of inf and NaN
+
+
 def _fill_relu_keep(chunk: Tensor, seed: int, threshold: int) -> None:
     """``chunk <- relu(chunk) * keep`` in place, ``keep`` the 0/1 values :func:`_fill_mask` would write for
-    ``seed``: one pass over a chunk still in the cache. bf16 works on its bit patterns (a bf16 is positive
-    exactly when its bits, read as int16, are), so there a NaN with the sign bit set, or a dropped NaN,
-    becomes 0 where float arithmetic would keep it NaN."""
+    ``seed``, over a chunk still in the cache, with torch's arithmetic (``relu(-inf) = 0``, a NaN stays NaN, a
+    dropped ``+inf`` is ``inf * 0 = NaN``). bf16, unknown to NumPy, works on its bit patterns: a bf16 is positive
+    exactly when its bits read as int16 are, which is all a finite chunk needs; a chunk holding an inf or a NaN
+    is computed in float32, which holds every bf16 exactly."""
     n = chunk.numel()
-    halves = _sfc64_words(seed, (n + 3) // 4).view(np.int16)[:n]
-    view = torch.int16 if chunk.dtype == torch.bfloat16 else chunk.dtype
-    values = chunk.view(view).numpy()
-    np.multiply(values, (values > 0) & (halves >= threshold), out=values)
+    keep = _sfc64_words(seed, (n + 3) // 4).view(np.int16)[:n] >= threshold
+    if chunk.dtype != torch.bfloat16:
+        values = chunk.numpy()
+    else:
+        bits = chunk.view(torch.int16).numpy()
+        if int(np.bitwise_and(bits, _BF16_MAGNITUDE).max()) < _BF16_INF:
+            np.multiply(bits, (bits > 0) & keep, out=bits)
+            return
+        values = (bits.astype(np.int32) << 16).view(np.float32)
+    with np.errstate(invalid="ignore"):  # inf * 0 = NaN, as in torch
+        np.maximum(values, 0, out=values)
+        np.multiply(values, keep, out=values)
+    if chunk.dtype == torch.bfloat16:  # back to bf16: every value is a bf16 value (or NaN), so the top half is exact
+        bits[:] = (values.view(np.int32) >> 16).astype(np.int16)
 
 
 def _chunk_entries() -> int:
@@ -166,11 +180,17 @@ def relu_keep_(h: Tensor, p: float, *, generator: torch.Generator | None = None)
 
     The fast path's feed-forward block (:mod:`posenc.fused_feedforward`) drops the ReLU's output: ReLU and mask
     together in one pass, with the large CPU mask's words compared chunk by chunk as they are drawn, and no mask
-    kept (the entries that passed are where the result is positive). Negative entries come out as -0.0 in float.
+    kept (the entries that passed are where the result is positive). The chunks are written outside autograd, so
+    ``h`` must need no gradient here (call it under ``torch.no_grad()`` or inside an autograd function's
+    forward); its version counter is advanced, so a saved copy of it is caught by autograd as modified.
     """
+    if torch.is_grad_enabled() and h.requires_grad:
+        raise ValueError("relu_keep_ writes h in place outside autograd: call it on a tensor that needs no "
+                         "gradient, or under torch.no_grad()")
     if _in_chunks(h.numel(), h.device, h.dtype) and h.is_floating_point() and h.is_contiguous():
         chunks = h.view(-1).split(_chunk_entries())
         _on_threads(_fill_relu_keep, chunks, _chunk_seeds(len(chunks), generator), _threshold(p))
+        torch.autograd.graph.increment_version(h)
         return h
     keep = keep_mask(h.shape, p, device=h.device, generator=generator, dtype=h.dtype)
     return h.clamp_min_(0).mul_(keep)

@@ -15,7 +15,9 @@ At the base configuration's feed-forward shapes (N = 2048 tokens, D = 512, F = 2
 tensors per layer (32 MiB in fp32) and three passes. The mask is the one :class:`posenc.dropout.FastDropout`
 draws from the same generator state, so the block computes what ``linear2(FastDropout(relu(linear1(x))))``
 does, up to where the scale is applied (rounding; tested). Under autocast the products run in autocast's dtype,
-as ``nn.Linear`` would.
+as ``nn.Linear``'s would. One difference, with non-finite hidden values only: a NaN entry (or a dropped ``inf``,
+which becomes ``inf * 0 = NaN`` in both) passes its gradient here, where the modules' mask stops it (the backward
+zeroes the entries where ``y <= 0``, which a NaN is not); the forward values are torch's either way.
 
 Legend: N tokens (batch x length), D model width, F feed-forward width.
 """
@@ -59,11 +61,13 @@ class _ReLUDropoutFF(torch.autograd.Function):
         need = ctx.needs_input_grad
         dw2 = _product(None, grad.t(), y, scale) if need[3] else None  # (D, F)
         db2 = grad.sum(0) if has_b2 and need[4] else None
-        dh = _product(None, grad, w2, scale)  # (N, F): d loss / d relu(h) m, with the scale
-        torch.ops.aten.threshold_backward.grad_input(dh, y, 0, grad_input=dh)  # zero where y = 0: dropped or h <= 0
-        dx = torch.mm(dh, w1) if need[0] else None  # (N, D)
-        dw1 = torch.mm(dh.t(), x) if need[1] else None  # (F, D)
-        db1 = dh.sum(0) if has_b1 and need[2] else None
+        dx = dw1 = db1 = None
+        if any(need[:3]):
+            dh = _product(None, grad, w2, scale)  # (N, F): d loss / d relu(h) m, with the scale
+            torch.ops.aten.threshold_backward.grad_input(dh, y, 0, grad_input=dh)  # 0 where y <= 0: dropped or h <= 0
+            dx = torch.mm(dh, w1) if need[0] else None  # (N, D)
+            dw1 = torch.mm(dh.t(), x) if need[1] else None  # (F, D)
+            db1 = dh.sum(0) if has_b1 and need[2] else None
         return dx, dw1, db1, dw2, db2, None
 
 
@@ -78,10 +82,13 @@ def relu_dropout_feedforward(
     if not representable(p):
         raise ValueError(f"relu_dropout_feedforward drops: p must lie in (2^-17, 1 - 2^-17), got {p}")
     device = x.device.type
-    if torch.is_autocast_enabled(device):
+    if torch.is_autocast_enabled(device):  # autocast's rule for linear: every floating input but float64
         dtype = torch.get_autocast_dtype(device)
-        x, w1, w2 = x.to(dtype), w1.to(dtype), w2.to(dtype)
-        b1, b2 = (None if b is None else b.to(dtype) for b in (b1, b2))
+
+        def cast(t: Tensor | None) -> Tensor | None:
+            return t if t is None or t.dtype == torch.float64 else t.to(dtype)
+
+        x, w1, b1, w2, b2 = (cast(t) for t in (x, w1, b1, w2, b2))
     lead = x.shape[:-1]
     with torch.autocast(device, enabled=False):
         out = _ReLUDropoutFF.apply(x.reshape(-1, x.shape[-1]), w1, b1, w2, b2, p)  # (N, D)

@@ -14,12 +14,13 @@ from __future__ import annotations
 import copy
 from collections.abc import Callable
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .attention import AttentionMask, MultiHeadAttention
 from .cache import LayerCache
-from .dropout import representable
+from .dropout import FastDropout, representable
 from .encodings.base import PositionalEncoding
 from .fused_feedforward import relu_dropout_feedforward
 
@@ -34,6 +35,17 @@ def activation_fn(activation: str | Callable[[Tensor], Tensor]) -> Callable[[Ten
     if activation not in _ACTIVATIONS:
         raise ValueError(f"activation must be one of {', '.join(_ACTIVATIONS)} or a callable; got {activation!r}")
     return _ACTIVATIONS[activation]
+
+
+def _hooked(m: nn.Module) -> bool:
+    return bool(m._forward_hooks or m._forward_pre_hooks or m._backward_hooks or m._backward_pre_hooks)
+
+
+def _global_hooks() -> bool:
+    """Whether a module hook is registered for every module (``torch.nn.modules.module.register_module_*``)."""
+    g = torch.nn.modules.module
+    return bool(g._global_forward_hooks or g._global_forward_pre_hooks or g._global_backward_hooks
+                or g._global_backward_pre_hooks)
 
 
 class FeedForward(nn.Module):
@@ -58,12 +70,15 @@ class FeedForward(nn.Module):
 
     def _fuses(self) -> bool:
         """Whether this training call takes the fused ReLU-dropout node: plain ``nn.Linear`` maps, ReLU, a
-        dropout the 16-bit mask can draw, and no hook on any of the parts (the node would bypass it)."""
-        act, parts = self.activation, (self.linear1, self.linear2, self.dropout)
+        dropout in training mode that the 16-bit mask can draw, and no hook on any of the parts nor a global
+        module hook (the node would bypass them)."""
+        act = self.activation
         relu = act is F.relu or type(act) is nn.ReLU
-        hooked = any(m._forward_hooks or m._forward_pre_hooks or m._backward_hooks for m in parts)
-        return (self.fast_dropout and relu and not hooked and isinstance(self.dropout, nn.Dropout)
-                and representable(self.dropout.p) and all(type(m) is nn.Linear for m in parts[:2]))
+        parts = (self.linear1, self.linear2, self.dropout) + ((act,) if isinstance(act, nn.Module) else ())
+        drop = self.dropout
+        return (self.fast_dropout and relu and type(drop) in (nn.Dropout, FastDropout) and drop.training
+                and representable(drop.p) and all(type(m) is nn.Linear for m in parts[:2])
+                and not any(_hooked(m) for m in parts) and not _global_hooks())
 
     def forward(self, x: Tensor) -> Tensor:
         if self.training and self._fuses():

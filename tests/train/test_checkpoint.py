@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import dataclasses
+import errno
 import json
 import os
 import pathlib
@@ -11,7 +12,8 @@ import torch
 from posenc.data.tokenizers import CharTokenizer
 from posenc.models import LanguageModel, LMConfig
 from posenc.train.checkpoint import (
-    CheckpointError, _restore_rng, checkpoint_dirs, latest_valid, load_checkpoint, read_state, save_checkpoint,
+    CheckpointError, CheckpointWriteError, _restore_rng, checkpoint_dirs, latest_valid, load_checkpoint, read_state,
+    save_checkpoint,
 )
 from posenc.train.config import ModelConfig, OptimConfig
 from posenc.train.optim import build_optimizer
@@ -102,6 +104,37 @@ def test_a_checkpoint_of_the_same_step_is_replaced(tmp_path: pathlib.Path, excha
     root = tmp_path / "checkpoints"
     assert [p.name for p in root.iterdir() if p.name.startswith(".")] == ([f".step_00000005.tmp{os.getpid()}"]
                                                                           if exchange else [])
+
+
+class _FakeLibc:
+    """Stands in for the C library: ``renameat2`` fails with ``code``."""
+
+    def __init__(self, code: int) -> None:
+        self.code = code
+        self.renameat2 = lambda *args: -1  # a function, so that argtypes and restype can be set on it
+
+
+@pytest.mark.parametrize("code", ["EINVAL", "ENOSYS", "EOPNOTSUPP", "EXDEV", "EACCES"])
+def test_a_swap_the_file_system_refuses(tmp_path: pathlib.Path, code: str, monkeypatch) -> None:
+    """Unsupported here (EINVAL, ENOSYS, EOPNOTSUPP, EXDEV): the old checkpoint is removed first, and the new one
+    is in place. Any other error: CheckpointWriteError naming the checkpoint, the old one intact, no leftover."""
+    from posenc.train import checkpoint as ckpt
+
+    model, opt = _trained()
+    save_checkpoint(tmp_path, step=5, model=model, optimizer=opt, state={"data_position": 1})
+    fake = _FakeLibc(getattr(errno, code))
+    monkeypatch.setattr(ckpt.ctypes, "CDLL", lambda *a, **k: fake)
+    monkeypatch.setattr(ckpt.ctypes, "get_errno", lambda: fake.code)
+    monkeypatch.setattr(ckpt.sys, "platform", "linux")
+    if code == "EACCES":
+        with pytest.raises(CheckpointWriteError, match="step_00000005"):
+            save_checkpoint(tmp_path, step=5, model=model, optimizer=opt, state={"data_position": 2})
+    else:
+        save_checkpoint(tmp_path, step=5, model=model, optimizer=opt, state={"data_position": 2})
+    monkeypatch.undo()
+    path, doc = latest_valid(tmp_path)
+    assert path.name == "step_00000005" and doc["data_position"] == (1 if code == "EACCES" else 2)
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["step_00000005"]
 
 
 def _interrupt_on_tmp(rmtree):

@@ -97,21 +97,18 @@ def decode_loop(session: Session, *, pick: Pick, max_new_tokens: int, eos_id: in
     """Run ``session`` with one ``pick`` a step; each row's new tokens, cut before its first EOS."""
     logits = session.start()
     check_in_vocabulary("eos_id", eos_id, logits)
-    batch = logits.shape[0]
-    out = torch.empty(batch, max_new_tokens, dtype=torch.long, device=logits.device)
-    finished = torch.zeros(batch, dtype=torch.bool, device=logits.device)
-    steps = 0
+    finished = torch.zeros(logits.shape[0], dtype=torch.bool, device=logits.device)
+    out: list[Tensor] = []  # one (B,) per step: nothing sized by max_new_tokens, which may be far off
     for t in range(max_new_tokens):
         tokens = pick(logits)  # (B,)
         if eos_id is not None:
             tokens = tokens.masked_fill(finished, eos_id)  # finished rows keep feeding EOS
             finished |= tokens == eos_id
-        out[:, t] = tokens
-        steps = t + 1
+        out.append(tokens)
         if t + 1 == max_new_tokens or (eos_id is not None and bool(finished.all())):
             break
         logits = session.step(tokens)
-    rows = out[:, :steps].tolist()
+    rows = torch.stack(out, dim=1).tolist()  # (B, steps)
     if eos_id is None:
         return rows
     return [row[: row.index(eos_id)] if eos_id in row else row for row in rows]

@@ -109,6 +109,15 @@ def pad_batch(
     return ids.to(device), padding.to(device)
 
 
+#: New tokens whose cache is reserved up front; past them the cache doubles as it fills (O(log T) copies), so a
+#: large ``max_new_tokens`` allocates only as far as generation gets before every sequence ends.
+RESERVED_NEW_TOKENS = 1024
+
+
+def _reserved(prompt_len: int, max_new_tokens: int) -> int:
+    return prompt_len + min(max_new_tokens, RESERVED_NEW_TOKENS)
+
+
 class LMSession:
     """A decoder-only model over a left-padded batch of prompts."""
 
@@ -118,7 +127,7 @@ class LMSession:
         self.ids, self.padding = pad_batch(prompts, pad_id=pad_id, left=True, device=self.device, name="prompts")
         self.batch = self.ids.shape[0]
         self.cache = model.new_cache()
-        self.cache.reserve(self.ids.shape[1] + max_new_tokens)
+        self.cache.reserve(_reserved(self.ids.shape[1], max_new_tokens))
         self._no_pad = torch.zeros(self.batch, 1, dtype=torch.bool, device=self.ids.device)
 
     def start(self) -> Tensor:
@@ -149,7 +158,7 @@ class Seq2SeqSession:
         self.batch = ids.shape[0]
         self.bos = torch.full((self.batch, 1), bos_id, dtype=torch.long, device=device)
         self.cache = model.new_cache()
-        self.cache.reserve(1 + max_new_tokens)
+        self.cache.reserve(_reserved(1, max_new_tokens))
 
     def _decode(self, tgt: Tensor) -> Tensor:
         return self.model.decode(tgt, self.memory, self.memory_padding, cache=self.cache)[:, -1]  # (B, V)

@@ -217,12 +217,12 @@ def save_checkpoint(
     tmp = root / f".{final.name}.tmp{os.getpid()}"
     try:
         _write(tmp, step=step, model=model, optimizer=optimizer, state=state)
+        _put_in_place(tmp, final)
     except BaseException as err:  # a full disk, memory, Ctrl-C: leave no temporary directory behind
         shutil.rmtree(tmp, ignore_errors=True)
         if not isinstance(err, OSError):
             raise
         raise CheckpointWriteError(err.errno, f"could not write checkpoint {final}: {err.strerror or err}") from err
-    _put_in_place(tmp, final)
     _fsync_dir(root)
     if keep > 0:
         others = [p for p in checkpoint_dirs(run_dir) if p != final]
@@ -238,7 +238,8 @@ def _put_in_place(tmp: pathlib.Path, final: pathlib.Path) -> None:
     removed first, which leaves a short window with neither."""
     if final.exists():
         if _exchange(tmp, final):
-            shutil.rmtree(tmp)  # now the old one; a kill here leaves a leftover the next save removes
+            _fsync_dir(final.parent)  # the new one is in place for good before the old one goes
+            shutil.rmtree(tmp, ignore_errors=True)  # the old one; what stays is a leftover the next save removes
             return
         shutil.rmtree(final)
     os.rename(tmp, final)
@@ -260,7 +261,7 @@ def _exchange(a: pathlib.Path, b: pathlib.Path) -> bool:
     if renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
         return True
     err = ctypes.get_errno()
-    if err in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):  # not supported here: the caller falls back
+    if err in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.EXDEV):  # not here (EXDEV: overlayfs layers)
         return False
     raise OSError(err, f"could not swap {a} and {b}: {os.strerror(err)}")
 
