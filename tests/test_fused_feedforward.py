@@ -132,6 +132,16 @@ def test_fused_block_under_bf16_autocast_matches_to_bf16_rounding():
         assert (a - b).abs().max() <= 1e-2 * b.abs().max()
 
 
+def test_float64_stays_float64_under_autocast_as_in_the_modules():
+    unfused, fused = _blocks()
+    unfused.double()
+    fused.double()
+    x = torch.randn(3, 50, 24, dtype=torch.float64, requires_grad=True)
+    (y0, _), (y1, _) = _run(unfused, x, autocast=True), _run(fused, x, autocast=True)
+    assert y0.dtype == y1.dtype == torch.float64 and _ran_fused(y1)
+    torch.testing.assert_close(y1, y0, rtol=1e-12, atol=1e-12)
+
+
 def test_fused_block_gradcheck_in_float64():
     torch.manual_seed(0)
     x, w1, b1 = (torch.randn(s, dtype=torch.float64, requires_grad=True) for s in ((4, 3, 5), (7, 5), (7,)))
