@@ -5,6 +5,7 @@ Never ``assert``: ``python -O`` strips asserts, and these checks must still fire
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -13,6 +14,7 @@ from torch import Tensor
 
 __all__ = [
     "bool_word",
+    "check_base",
     "check_choice",
     "check_divisible",
     "check_ids",
@@ -39,6 +41,12 @@ def check_positive_int(name: str, value: Any) -> int:
     if value <= 0:
         raise ValueError(f"{name} must be positive, got {value}")
     return value
+
+
+def check_base(base: float) -> None:
+    """The base of a sinusoidal or rotary frequency ladder: a finite number > 1."""
+    if not (math.isfinite(base) and base > 1):
+        raise ValueError(f"base must be a finite number > 1, got {base}")
 
 
 def check_choice(name: str, value: Any, choices: Sequence[str]) -> str:

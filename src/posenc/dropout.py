@@ -67,6 +67,11 @@ def _sfc64_words(seed: int, count: int) -> np.ndarray:
     return np.random.SFC64(seed % 2**64).random_raw(count)
 
 
+def _chunk_halves(seed: int, n: int) -> np.ndarray:
+    """The ``n`` uniform 16-bit integers a chunk's mask compares: the halves of the words :func:`_fill` draws."""
+    return _sfc64_words(seed, (n + 3) // 4).view(np.int16)[:n]
+
+
 #: The 0/1 values of a mask as NumPy can write them: bfloat16 (unknown to NumPy) as the bit pattern of 1.0.
 _NUMPY_VIEWS = {torch.bool: (torch.bool, 1), torch.float16: (torch.float16, 1), torch.float32: (torch.float32, 1),
                 torch.float64: (torch.float64, 1), torch.bfloat16: (torch.int16, 0x3F80)}
@@ -78,7 +83,7 @@ def _fill_mask(chunk: Tensor, seed: int, threshold: int) -> None:
     leaving the cache (the words of a large mask, then a pass that compares them, cost twice the memory traffic)."""
     n = chunk.numel()
     view, one = _NUMPY_VIEWS[chunk.dtype]
-    halves = _sfc64_words(seed, (n + 3) // 4).view(np.int16)[:n]
+    halves = _chunk_halves(seed, n)
     out = chunk.view(view).numpy()
     if one == 1:
         np.greater_equal(halves, threshold, out=out)
@@ -95,8 +100,7 @@ def _fill_relu_keep(chunk: Tensor, seed: int, threshold: int) -> None:
     dropped ``+inf`` is ``inf * 0 = NaN``). bf16, unknown to NumPy, works on its bit patterns: a bf16 is positive
     exactly when its bits read as int16 are, which is all a finite chunk needs; a chunk holding an inf or a NaN
     is computed in float32, which holds every bf16 exactly."""
-    n = chunk.numel()
-    keep = _sfc64_words(seed, (n + 3) // 4).view(np.int16)[:n] >= threshold
+    keep = _chunk_halves(seed, chunk.numel()) >= threshold
     if chunk.dtype != torch.bfloat16:
         values = chunk.numpy()
     else:

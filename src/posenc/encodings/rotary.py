@@ -35,7 +35,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from .._checks import check_choice, check_positions, check_positive_int
+from .._checks import check_base, check_choice, check_positions, check_positive_int
 from ._relative import as_range
 from .base import PositionalEncoding, register
 from .rope_scaling import SCALINGS, inverse_frequencies
@@ -141,8 +141,7 @@ class RoPE(PositionalEncoding):
         check_positive_int("original_max_len", original_max_len)
         self.layout = check_choice("layout", layout, LAYOUTS)
         self.scaling = check_choice("scaling", scaling, SCALINGS)
-        if not (math.isfinite(base) and base > 1):
-            raise ValueError(f"base must be a finite number > 1, got {base}")
+        check_base(base)
         if not (math.isfinite(factor) and factor >= 1):
             raise ValueError(f"factor must be a finite number >= 1 (the context is extended by it), got {factor}")
         _check_unused_options(scaling, factor=factor, beta_fast=beta_fast, beta_slow=beta_slow,

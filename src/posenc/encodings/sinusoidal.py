@@ -20,18 +20,13 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from .._checks import check_choice, check_positions, check_positive_int
+from .._checks import check_base, check_choice, check_positions, check_positive_int
 from .base import PositionalEncoding, register
 
 __all__ = ["Sinusoidal", "sinusoidal_table"]
 
 
 LAYOUTS, FREQUENCIES = ("interleaved", "concat"), ("paper", "tensor2tensor")
-
-
-def _check_base(base: float) -> None:
-    if not (math.isfinite(base) and base > 1):
-        raise ValueError(f"base must be a finite number > 1, got {base}")
 
 
 def sinusoidal_table(
@@ -46,7 +41,7 @@ def sinusoidal_table(
     """The ``(length, dim)`` table, computed in float64 so that far positions keep their precision."""
     check_choice("layout", layout, LAYOUTS)
     check_choice("frequencies", frequencies, FREQUENCIES)
-    _check_base(base)
+    check_base(base)
     n_sin, n_cos = (dim + 1) // 2, dim // 2
     i = torch.arange(n_sin, dtype=torch.float64)
     if frequencies == "paper":
@@ -97,7 +92,7 @@ class Sinusoidal(PositionalEncoding):
             dim = d_model // 2 if dim is None else dim
             if not 0 < dim < d_model:
                 raise ValueError(f"combine='concat' needs 0 < dim < d_model ({d_model}), got dim={dim}")
-        _check_base(base)
+        check_base(base)
         self.d_model, self.dim, self.base = d_model, int(dim), float(base)
         self.scale = math.sqrt(d_model) if scale_input else 1.0
         self.register_buffer("table", torch.empty(0, self.dim), persistent=False)

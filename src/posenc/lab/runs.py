@@ -28,7 +28,9 @@ from safetensors.torch import load_file, load_model, save_file, save_model
 from torch import nn
 
 from ..models import LanguageModel, LMConfig, Seq2Seq, Seq2SeqConfig
-from ..train.checkpoint import file_sha256, module_generator_states, restore_module_generators
+from ..train.checkpoint import (
+    MODULE_RNG_PREFIX, file_sha256, module_generator_states, restore_module_generators,
+)
 from .tasks import IGNORE, SEQUENCE_TASKS, CharText, SequenceTask
 
 __all__ = ["RunConfig", "evaluate", "is_finished", "load_run", "make_data", "make_model", "train_run"]
@@ -205,7 +207,7 @@ def _restore(run_dir: pathlib.Path, meta: dict[str, Any], model: nn.Module, opt:
     tensors = _load(path, load_file)
     torch.set_rng_state(tensors.pop("rng"))
     restore_module_generators(tensors, model, path)
-    tensors = {k: v for k, v in tensors.items() if not k.startswith("rng.module.")}
+    tensors = {k: v for k, v in tensors.items() if not k.startswith(MODULE_RNG_PREFIX)}
     state: dict[int, dict[str, torch.Tensor]] = {}
     for key, value in tensors.items():
         i, name = key.split(".", 1)

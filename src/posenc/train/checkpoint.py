@@ -41,11 +41,13 @@ from safetensors.torch import load_file, load_model, save_file, save_model
 from torch import nn
 
 __all__ = [
-    "CheckpointError", "CheckpointWriteError", "atomic_write_text", "checkpoint_dirs", "file_sha256", "latest_valid",
-    "load_checkpoint", "module_generator_states", "read_state", "restore_module_generators", "save_checkpoint",
+    "MODULE_RNG_PREFIX", "CheckpointError", "CheckpointWriteError", "atomic_write_text", "checkpoint_dirs",
+    "file_sha256", "latest_valid", "load_checkpoint", "module_generator_states", "read_state",
+    "restore_module_generators", "save_checkpoint",
 ]
 
 FORMAT = "posenc-checkpoint/1"
+MODULE_RNG_PREFIX = "rng.module."  # the keys of the generators modules own (module_generator_states)
 _NAME = re.compile(r"^step_(\d{8,})$")
 
 
@@ -152,7 +154,7 @@ def _module_generators(model: Any) -> dict[str, torch.Generator]:
 def module_generator_states(model: Any) -> dict[str, torch.Tensor]:
     """``{"rng.module.<name>": state}`` for every generator a module of ``model`` owns (see
     :func:`_module_generators`): what a checkpoint stores so that a resume continues their draws."""
-    return {f"rng.module.{name}": gen.get_state() for name, gen in _module_generators(model).items()}
+    return {MODULE_RNG_PREFIX + name: gen.get_state() for name, gen in _module_generators(model).items()}
 
 
 def restore_module_generators(tensors: dict[str, torch.Tensor], model: nn.Module, path: pathlib.Path) -> None:
@@ -160,7 +162,7 @@ def restore_module_generators(tensors: dict[str, torch.Tensor], model: nn.Module
     checkpoint written before these states were stored restores the rest, with a warning naming the modules."""
     missing = []
     for name, gen in _module_generators(model).items():
-        state = tensors.get(f"rng.module.{name}")
+        state = tensors.get(MODULE_RNG_PREFIX + name)
         if state is None:
             missing.append(name or "the model")
         else:
