@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from posenc import dropout
-from posenc.dropout import FastDropout, fast_dropout, keep_mask, quantized_p, random_words
+from posenc.dropout import FastDropout, fast_dropout, keep_mask, keep_product, quantized_p, random_words
 
 
 def test_quantized_p_is_a_multiple_of_two_to_the_minus_16():
@@ -53,31 +53,89 @@ def test_a_large_mask_is_the_random_words_halves_compared_whatever_the_thread_co
     torch.manual_seed(12)
     halves = random_words((n + 3) // 4).view(torch.int16)[:n]
     expected = (halves >= round(p * 65536) - 32768).to(dtype)
-    threads = torch.get_num_threads()
+    previous = dropout.set_mask_threads(1)
     try:
         for t in (1, 2, 3):
-            torch.set_num_threads(t)
+            dropout.set_mask_threads(t)
             torch.manual_seed(12)
             mask = keep_mask((n,), p, dtype=dtype)
             assert mask.dtype == dtype and torch.equal(mask, expected)
     finally:
-        torch.set_num_threads(threads)
+        dropout.set_mask_threads(previous)
     assert 0.74 < expected.float().mean().item() < 0.76
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16, torch.float64])
+@pytest.mark.parametrize("chunks", [False, True])
+def test_keep_product_is_x_times_the_keep_mask_of_the_same_seed(dtype, chunks, monkeypatch):
+    """A new tensor ``x * m``, m the mask keep_mask draws from the same generator state, whether the product is
+    taken chunk by chunk on the threads (any thread count) or in one piece; ``x`` itself is left alone, and a
+    transposed (non-contiguous) ``x`` gives the same values."""
+    monkeypatch.setattr(dropout, "_CHUNK_WORDS", 1024)
+    shape = (5, 4 * 1024 + 3) if chunks else (7, 33)  # five chunks, the last one partial; or under one chunk
+    x = torch.randn(shape, generator=torch.Generator().manual_seed(0)).to(dtype)
+    before = x.clone()
+    torch.manual_seed(4)
+    expected = x * keep_mask(shape, 0.3, dtype=dtype)
+    previous = dropout.set_mask_threads(1)
+    try:
+        for t in (1, 2, 3):
+            dropout.set_mask_threads(t)
+            torch.manual_seed(4)
+            out = keep_product(x, 0.3)
+            assert out.dtype == dtype and out.data_ptr() != x.data_ptr() and torch.equal(out, expected)
+    finally:
+        dropout.set_mask_threads(previous)
+    assert torch.equal(x, before)
+    torch.manual_seed(4)
+    assert torch.equal(keep_product(x.t().contiguous().t(), 0.3), expected)
+    assert abs((expected != 0).float().mean().item() - 0.7) < (0.1 if not chunks else 0.02)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("chunks", [False, True])
+def test_keep_product_on_non_finite_values_is_torchs_arithmetic(dtype, chunks, monkeypatch):
+    """A kept inf, -inf or NaN stays; dropped, each gives NaN (inf * 0), in every path: bf16 chunks that hold
+    one take float32, the others (here the first chunk) their bit patterns, with the same finite values."""
+    monkeypatch.setattr(dropout, "_CHUNK_WORDS", 1024)
+    special = torch.tensor([-float("inf"), -1.0, -0.0, 0.0, float("nan"), float("inf"), 2.0])
+    n = 4 * 1024 * 3 if chunks else 700
+    g = torch.Generator().manual_seed(0)
+    finite = torch.randn(4096 if chunks else 0, generator=g)  # a whole first chunk without inf or NaN
+    x = torch.cat([finite, special.repeat(n // 7 + 1)[:n]]).to(dtype)
+    torch.manual_seed(5)
+    expected = x.float() * keep_mask(x.shape, 0.5, dtype=torch.float32)  # exact: every value is x's or 0
+    torch.manual_seed(5)
+    out = keep_product(x, 0.5)
+    torch.testing.assert_close(out.float(), expected, rtol=0, atol=0, equal_nan=True)
+    assert expected[len(finite):].isnan().sum() > expected[len(finite):].isinf().sum() > 0
+
+
+def test_mask_threads_are_a_positive_int_and_the_previous_count_is_returned():
+    previous = dropout.set_mask_threads(3)
+    try:
+        assert dropout.set_mask_threads(2) == 3
+        for bad in (0, -1, 1.5, True, "2"):
+            with pytest.raises(ValueError, match=f"got {bad!r}"):
+                dropout.set_mask_threads(bad)
+        assert dropout.set_mask_threads(1) == 2  # unchanged by the refusals
+    finally:
+        dropout.set_mask_threads(previous)
 
 
 def test_large_masks_are_drawn_in_chunks_the_same_for_any_thread_count(monkeypatch):
     """Past one chunk, each chunk has its own generator seeded from the default one: repeatable under a seed,
-    independent of torch's thread count, and the chunks are different streams with the right keep rate."""
+    independent of the number of threads drawing it, and the chunks are different streams with the right keep rate."""
     monkeypatch.setattr(dropout, "_CHUNK_WORDS", 4096)
-    threads = torch.get_num_threads()
+    previous = dropout.set_mask_threads(1)
     try:
         words = {}
         for n in (1, 2, 3):
-            torch.set_num_threads(n)
+            dropout.set_mask_threads(n)
             torch.manual_seed(7)
             words[n] = random_words(5 * 4096 + 100)
     finally:
-        torch.set_num_threads(threads)
+        dropout.set_mask_threads(previous)
     assert torch.equal(words[1], words[2]) and torch.equal(words[1], words[3])
     chunks = words[1].split(4096)
     assert len(chunks) == 6 and not torch.equal(chunks[0], chunks[1][:4096])

@@ -21,16 +21,16 @@ def test_relu_keep_is_relu_times_the_keep_mask_of_the_same_seed(dtype, chunks, m
     h = torch.randn(shape, generator=torch.Generator().manual_seed(0)).to(dtype)
     torch.manual_seed(4)
     expected = h.clamp_min(0) * keep_mask(shape, 0.3, dtype=dtype)
-    threads = torch.get_num_threads()
+    previous = dropout.set_mask_threads(1)
     try:
         for t in (1, 2, 3):
-            torch.set_num_threads(t)
+            dropout.set_mask_threads(t)
             torch.manual_seed(4)
             out = h.clone()
             assert relu_keep_(out, 0.3).data_ptr() == out.data_ptr()
             assert torch.equal(out, expected)
     finally:
-        torch.set_num_threads(threads)
+        dropout.set_mask_threads(previous)
     kept = (expected > 0).sum().item() / (h > 0).sum().item()
     assert abs(kept - 0.7) < (0.1 if not chunks else 0.02)
 

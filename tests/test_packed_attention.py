@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from posenc.attention import MultiHeadAttention
+from posenc import dropout
 from posenc.dropout import keep_mask, quantized_p
 from posenc.encodings import build
 from posenc.fast import use_fast_path
@@ -32,7 +33,12 @@ def reference(x_q, x_kv, heads, mask, p):
     return out.transpose(1, 2).reshape(b, tq, d)
 
 
-def test_self_and_cross_attention_equal_the_formula_forward_and_backward():
+@pytest.mark.parametrize("chunks", [False, True])
+def test_self_and_cross_attention_equal_the_formula_forward_and_backward(chunks, monkeypatch):
+    """float64 against the written-out formula with the same mask draw; with ``chunks`` the weights are dropped
+    chunk by chunk on the threads (a mask chunk of 64 entries here), as large weights are."""
+    if chunks:
+        monkeypatch.setattr(dropout, "_CHUNK_WORDS", 16)
     torch.manual_seed(0)
     b, t, s, d, h, p = 2, 5, 7, 12, 3, 0.3
     causal = torch.zeros(t, t).masked_fill_(torch.ones(t, t, dtype=torch.bool).triu(1), -1e9)
@@ -75,27 +81,49 @@ def step(m: Seq2Seq, src, tgt, bf16: bool):
     return [out.detach()] + [q.grad.clone() for q in m.parameters()]
 
 
-@pytest.mark.parametrize("bf16", [False, True])
 @pytest.mark.parametrize("padded", [False, True])
-def test_the_packed_node_computes_what_the_general_fast_path_computes(bf16, padded, monkeypatch):
-    """Same operations in the same order: bit for bit when 1/sqrt(Dh) is a power of two (Dh = 16), fp32 and bf16;
-    otherwise fp32 to rounding (the scale is applied inside the product instead of to Q first). Not compared in
-    bf16 then: a tiny random model's bf16 gradients move by up to ~15% of their largest entry under either
-    rounding (both paths lie that far from the fp32 result), so such a check could not tell a bug from noise."""
+def test_the_packed_node_computes_what_the_general_fast_path_computes(padded, monkeypatch):
+    """The same model, step and dropout draws through the packed node and the general fast path, fp32: equal to
+    rounding (the node applies 1/sqrt(Dh) and the dropout scale inside its products, the general path to Q and
+    to the weights). bf16 is checked node by node below: a tiny random model's bf16 gradients move by up to ~15%
+    of their largest entry under either rounding, so a model-level check could not tell a bug from noise."""
     src, tgt = torch.randint(1, 50, (3, 9)), torch.randint(1, 50, (3, 7))
     if padded:
         src[0, -3:], tgt[1, -2:] = 0, 0
-    for d_model in (64, 32) if not bf16 else (64,):
+    for d_model in (64, 32):
         m = model(d_model)
-        packed = step(m, src, tgt, bf16)
+        packed = step(m, src, tgt, False)
         monkeypatch.setattr(MultiHeadAttention, "_packs", lambda *a: False)
-        general = step(m, src, tgt, bf16)
+        general = step(m, src, tgt, False)
         monkeypatch.undo()
         for a, b in zip(packed, general):
-            if d_model == 64:
-                assert torch.equal(a, b)
-            else:
-                torch.testing.assert_close(a, b, atol=1e-5 * b.abs().max().item(), rtol=0)
+            torch.testing.assert_close(a, b, atol=1e-5 * b.abs().max().item(), rtol=0)
+
+
+@pytest.mark.parametrize("cross", [False, True])
+def test_bf16_attention_equals_the_formula_to_bf16_rounding(cross, monkeypatch):
+    """bf16 in, bf16 out: within a few bf16 steps of the float64 formula on the same (bf16) inputs and mask draw,
+    forward and every gradient; the weights are dropped in chunks (64 entries each here). A wrong dropout scale
+    (1.11) or a mask that missed the gradient would be off by ~10% of the largest entry."""
+    monkeypatch.setattr(dropout, "_CHUNK_WORDS", 16)
+    g = torch.Generator().manual_seed(0)
+    b, t, s, d, h, p = 2, 6, 9, 32, 2, 0.2
+    causal = torch.zeros(t, t).masked_fill_(torch.ones(t, t, dtype=torch.bool).triu(1), -float("inf"))
+    x_q = torch.randn(b, t, (1 if cross else 3) * d, generator=g).bfloat16()
+    x_kv = torch.randn(b, s, 2 * d, generator=g).bfloat16() if cross else None
+    inputs = [x for x in (x_q, x_kv) if x is not None]
+    mask = None if cross else causal
+    torch.manual_seed(7)
+    got = packed_attention(*[x.requires_grad_() for x in (x_q,)], x_kv.requires_grad_() if cross else None,
+                           heads=h, mask=None if mask is None else mask.bfloat16(), p=p)
+    exact = [x.detach().double().requires_grad_() for x in inputs]
+    torch.manual_seed(7)
+    want = reference(exact[0], exact[1] if cross else None, h, None if mask is None else mask.double(), p)
+    grad = torch.randn(got.shape, generator=g)
+    for a, e in zip((got,) + torch.autograd.grad(got, inputs, grad.bfloat16()),
+                    (want,) + torch.autograd.grad(want, exact, grad.double())):
+        assert a.dtype == torch.bfloat16
+        torch.testing.assert_close(a.double(), e, atol=2e-2 * e.abs().max().item(), rtol=0)
 
 
 def test_only_calls_without_hooks_or_requests_on_the_weights_take_the_packed_node(monkeypatch):
@@ -171,10 +199,10 @@ def test_a_memory_of_batch_one_is_broadcast_over_the_queries_as_on_the_general_p
     x, memory = torch.randn(3, 5, 32), torch.randn(1, 7, 32)
     m = attention(True, cross=True)
     torch.manual_seed(2)
-    broadcast = m(x, memory)
+    broadcast = m(x, memory)  # a memory of batch one takes the general path
     torch.manual_seed(2)
     expanded = m(x, memory.expand(3, 7, 32))  # the packed node, the same dropout draws
-    assert torch.equal(broadcast, expanded)
+    torch.testing.assert_close(broadcast, expanded, atol=1e-6, rtol=0)  # equal to rounding
 
 
 @pytest.mark.parametrize("p", [1.0, 1 - 2**-18, 2**-18])

@@ -9,15 +9,15 @@ into four 16-bit uniform integers compared with a threshold: a quarter of the ra
 conversion. The drop probability is thereby rounded to a multiple of 2^-16 (0.1 becomes 0.100006...); the
 scale uses that rounded probability, so E[y] = x holds exactly.
 
-The generator draws serially, one thread, while torch's other threads wait. A large mask is therefore drawn in
-chunks of a fixed size, each from its own generator seeded from the default one, on as many threads as torch
-uses: the same mask for the same seed whatever the thread count, in about half the time on two cores. The chunks'
-generators are NumPy's SFC64 (Doty-Humphrey's small fast chaotic generator, which passes the standard statistical
-batteries): on this project's CPU one of them draws 64-bit words about twice as fast as torch's Mersenne twister,
-and a large mask's words come ~25% faster on two threads (the draws were a third of the fast dropout's time).
-Each chunk's words are compared with the threshold as soon as they are drawn, while they are still in the cache,
-and the 0/1 values written straight in the mask's dtype: a 4M-entry fp32 mask in 5 ms instead of 16 (two
-threads), and the masks of the base model's training step in ~255 ms instead of 285 (fp32) and 350 (bf16).
+A large mask is drawn in chunks of a fixed size, each from its own generator seeded from the default one: the
+same mask for the same seed whatever the number of threads drawing it (:func:`set_mask_threads`; one by default,
+the calling thread: inside a training step torch's spinning OpenMP workers make a pool of drawing threads a loss).
+The chunks' generators are NumPy's SFC64 (Doty-Humphrey's small fast chaotic generator, which passes the
+standard statistical batteries): on this project's CPU one of them draws 64-bit words about twice as fast as
+torch's Mersenne twister (the draws were a third of the fast dropout's time). Each chunk's words are compared
+with the threshold as soon as they are drawn, while they are still in the cache, and the 0/1 values written
+straight in the mask's dtype (a 4M-entry fp32 mask in 5 ms instead of 16, two threads), or applied to the
+values at once (:func:`relu_keep_`, :func:`keep_product`), so that no mask is stored at all.
 
 This is opt-in (``posenc.fast.use_fast_path``); the modules' default dropout is ``torch.nn.Dropout``.
 """
@@ -33,8 +33,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 __all__ = [
-    "FastDropout", "apply_mask", "fast_dropout", "keep_mask", "keep_scale", "quantized_p", "random_words",
-    "relu_keep_", "representable",
+    "FastDropout", "apply_mask", "fast_dropout", "keep_mask", "keep_product", "keep_scale", "quantized_p",
+    "random_words", "relu_keep_", "representable", "set_mask_threads",
 ]
 
 _LEVELS = 1 << 16
@@ -94,26 +94,29 @@ def _fill_mask(chunk: Tensor, seed: int, threshold: int) -> None:
 _BF16_MAGNITUDE, _BF16_INF = 0x7FFF, 0x7F80  # bit masks: all but the sign; the exponent of inf and NaN
 
 
-def _fill_relu_keep(chunk: Tensor, seed: int, threshold: int) -> None:
-    """``chunk <- relu(chunk) * keep`` in place, ``keep`` the 0/1 values :func:`_fill_mask` would write for
-    ``seed``, over a chunk still in the cache, with torch's arithmetic (``relu(-inf) = 0``, a NaN stays NaN, a
-    dropped ``+inf`` is ``inf * 0 = NaN``). bf16, unknown to NumPy, works on its bit patterns: a bf16 is positive
-    exactly when its bits read as int16 are, which is all a finite chunk needs; a chunk holding an inf or a NaN
-    is computed in float32, which holds every bf16 exactly."""
-    keep = _chunk_halves(seed, chunk.numel()) >= threshold
-    if chunk.dtype != torch.bfloat16:
-        values = chunk.numpy()
+def _fill_kept(pair: tuple[Tensor, Tensor], seed: int, threshold: int, relu: bool) -> None:
+    """``dst <- f(src) * keep`` for ``pair = (src, dst)`` (the same chunk for in place), ``f`` ReLU or the
+    identity and ``keep`` the 0/1 values :func:`_fill_mask` would write for ``seed``, over a chunk still in the
+    cache, with torch's arithmetic (``relu(-inf) = 0``, a NaN stays NaN, a dropped ``inf`` is ``inf * 0 = NaN``).
+    bf16, unknown to NumPy, works on its bit patterns: a bf16 is positive exactly when its bits read as int16
+    are, and zeroing its bits zeroes it, which is all a finite chunk needs; a chunk holding an inf or a NaN is
+    computed in float32, which holds every bf16 exactly."""
+    src, dst = pair
+    keep = _chunk_halves(seed, src.numel()) >= threshold
+    if src.dtype != torch.bfloat16:
+        values, out = src.numpy(), dst.numpy()
     else:
-        bits = chunk.view(torch.int16).numpy()
+        bits, out_bits = src.view(torch.int16).numpy(), dst.view(torch.int16).numpy()
         if int(np.bitwise_and(bits, _BF16_MAGNITUDE).max()) < _BF16_INF:
-            np.multiply(bits, (bits > 0) & keep, out=bits)
+            np.multiply(bits, (bits > 0) & keep if relu else keep, out=out_bits)
             return
-        values = (bits.astype(np.int32) << 16).view(np.float32)
+        values = out = (bits.astype(np.int32) << 16).view(np.float32)
     with np.errstate(invalid="ignore"):  # inf * 0 = NaN, as in torch
-        np.maximum(values, 0, out=values)
-        np.multiply(values, keep, out=values)
-    if chunk.dtype == torch.bfloat16:  # back to bf16: every value is a bf16 value (or NaN), so the top half is exact
-        bits[:] = (values.view(np.int32) >> 16).astype(np.int16)
+        if relu:
+            values = np.maximum(values, 0, out=out)
+        np.multiply(values, keep, out=out)
+    if src.dtype == torch.bfloat16:  # back to bf16: every value is a bf16 value (or NaN), so the top half is exact
+        out_bits[:] = (out.view(np.int32) >> 16).astype(np.int16)
 
 
 def _chunk_entries() -> int:
@@ -122,7 +125,7 @@ def _chunk_entries() -> int:
 
 
 def _in_chunks(n: int, device: torch.device, dtype: torch.dtype) -> bool:
-    """Whether a mask of ``n`` entries is drawn chunk by chunk on the CPU threads (larger than one chunk)."""
+    """Whether a mask of ``n`` entries is drawn chunk by chunk (larger than one chunk, on the CPU)."""
     return n > _chunk_entries() and device.type == "cpu" and dtype in _NUMPY_VIEWS
 
 
@@ -131,9 +134,31 @@ def _chunk_seeds(count: int, generator: torch.Generator | None) -> list[int]:
     return torch.empty(count, dtype=torch.int64).random_(_INT64_MIN, None, generator=generator).tolist()
 
 
-def _on_threads(fill, chunks: tuple[Tensor, ...], seeds: list[int], *args: int) -> None:
-    """``fill(chunk, seed, *args)`` for every chunk, on as many threads as torch uses."""
-    threads = torch.get_num_threads()
+_mask_threads = 1
+
+
+def set_mask_threads(threads: int) -> int:
+    """Draw large masks on ``threads`` threads from now on (1, the default: the calling thread); returns the
+    previous count. The masks are the same for any count (each chunk has its own generator).
+
+    Why one by default: inside a training step torch's OpenMP workers keep spinning for a while after each
+    parallel operation, and a pool drawing then competes with them for the cores. The whole base-config step
+    of ``benchmarks/train_speed.py`` (2 torch threads), calling thread against a pool of two, interleaved:
+    fp32 3.33 -> 2.97 s and 3.03 -> 2.83 s, bf16 1.74 -> 1.53 s (medians). A pool pays where torch's workers
+    sleep (``OMP_WAIT_POLICY=PASSIVE``) or for masks drawn on their own (a 4M-entry fp32 mask alone, two cores:
+    5.1 ms on one thread, 4.1 on two).
+    """
+    global _mask_threads
+    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+        raise ValueError(f"mask threads must be a positive int, got {threads!r}")
+    previous, _mask_threads = _mask_threads, threads
+    return previous
+
+
+def _on_threads(fill, chunks: tuple, seeds: list[int], *args: int | bool) -> None:
+    """``fill(chunk, seed, *args)`` for every chunk (a tensor, or a pair of them), on the mask threads
+    (:func:`set_mask_threads`)."""
+    threads = _mask_threads
     if threads < 2:
         for chunk, seed in zip(chunks, seeds):
             fill(chunk, seed, *args)
@@ -144,7 +169,8 @@ def _on_threads(fill, chunks: tuple[Tensor, ...], seeds: list[int], *args: int) 
 
 
 def random_words(n: int, *, device: torch.device | None = None, generator: torch.Generator | None = None) -> Tensor:
-    """``n`` int64 words with all 64 bits uniform; on CPU, more than one chunk is drawn on torch's threads."""
+    """``n`` int64 words with all 64 bits uniform; on CPU, more than one chunk is drawn chunk by chunk, on the
+    mask threads (:func:`set_mask_threads`)."""
     words = torch.empty(n, dtype=torch.int64, device=device)
     if n <= _CHUNK_WORDS or words.device.type != "cpu":
         return words.random_(_INT64_MIN, None, generator=generator)
@@ -178,6 +204,16 @@ def keep_mask(shape: torch.Size | tuple[int, ...], p: float, *, device: torch.de
     return torch.ge(halves, threshold, out=halves.new_empty(n, dtype=dtype)).view(shape)
 
 
+def _kept(src: Tensor, dst: Tensor, p: float, relu: bool, generator: torch.Generator | None) -> bool:
+    """``dst <- f(src) * m`` chunk by chunk on the mask threads (:func:`_fill_kept`), ``m`` the :func:`keep_mask` of
+    the same generator state; False (nothing done, nothing drawn) where the mask would not be drawn in chunks."""
+    if not (_in_chunks(src.numel(), src.device, src.dtype) and src.is_floating_point() and src.is_contiguous()):
+        return False
+    pairs = tuple(zip(src.view(-1).split(_chunk_entries()), dst.view(-1).split(_chunk_entries())))
+    _on_threads(_fill_kept, pairs, _chunk_seeds(len(pairs), generator), _threshold(p), relu)
+    return True
+
+
 def relu_keep_(h: Tensor, p: float, *, generator: torch.Generator | None = None) -> Tensor:
     """In place: ``h <- relu(h) * m`` with ``m`` the :func:`keep_mask` of ``h``'s shape that the same generator
     state gives; unscaled (the caller applies :func:`keep_scale`). Returns ``h``.
@@ -191,13 +227,26 @@ def relu_keep_(h: Tensor, p: float, *, generator: torch.Generator | None = None)
     if torch.is_grad_enabled() and h.requires_grad:
         raise ValueError("relu_keep_ writes h in place outside autograd: call it on a tensor that needs no "
                          "gradient, or under torch.no_grad()")
-    if _in_chunks(h.numel(), h.device, h.dtype) and h.is_floating_point() and h.is_contiguous():
-        chunks = h.view(-1).split(_chunk_entries())
-        _on_threads(_fill_relu_keep, chunks, _chunk_seeds(len(chunks), generator), _threshold(p))
+    if _kept(h, h, p, True, generator):
         torch.autograd.graph.increment_version(h)
         return h
     keep = keep_mask(h.shape, p, device=h.device, generator=generator, dtype=h.dtype)
     return h.clamp_min_(0).mul_(keep)
+
+
+def keep_product(x: Tensor, p: float, *, generator: torch.Generator | None = None) -> Tensor:
+    """``x * m``, a new tensor, with ``m`` the :func:`keep_mask` of ``x``'s shape that the same generator state
+    gives; unscaled (the caller applies :func:`keep_scale`), and exact in any dtype (entries are kept or zeroed).
+
+    The fast path's attention (:mod:`posenc.packed_attention`) drops its weights this way: one pass, with a large
+    CPU mask compared chunk by chunk as its words are drawn, and no mask kept (where the weights are positive,
+    ``x * m > 0`` is the mask). Not differentiable itself (the result needs no gradient).
+    """
+    out = torch.empty_like(x, memory_format=torch.contiguous_format)
+    with torch.no_grad():
+        if _kept(x, out, p, False, generator):
+            return out
+        return torch.mul(x, keep_mask(x.shape, p, device=x.device, generator=generator, dtype=x.dtype), out=out)
 
 
 class _ScaledMask(torch.autograd.Function):

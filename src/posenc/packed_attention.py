@@ -6,13 +6,23 @@ On CPU, SDPA cannot apply dropout in its fused kernel, so training attention wit
 the weights are materialized. Built from separate torch operations, that path also copies every head tensor
 on its own: Q, K and V into batched-product layout in the forward (plus a pass that scales Q), then each of
 their gradients back again, stacked, and copied once more into the projection's ``(B, T, 3D)`` layout in the
-backward. Here the projection's output is copied into head-major layout once (``(3, B*H, T, Dh)``), the
-scale rides in the products (``baddbmm``'s ``alpha``), and the backward writes dQ, dK and dV straight into one
-buffer of that layout, copied back once. The operations and their order are those of the math path, except
-that the scale multiplies the product instead of Q: the same numbers whenever 1/sqrt(Dh) is a power of two
-(Dh = 16, 64, 256; tested bit for bit, fp32 and bf16), otherwise the same to rounding. Measured at the base
-config's shapes (B=16, H=8, T=128, Dh=64, forward + backward, 2 threads): fp32 30.4 -> 27.1 ms, bf16 19.4 ->
-17.5 ms per self-attention, causal bf16 24.1 -> 19.7 ms.
+backward; and it keeps three (B*H, Tq, Tk) tensors for the backward (the weights, the mask, the dropped
+weights). Here:
+
+* the projection's output is copied into head-major layout once (``(3, B*H, T, Dh)``), and the backward writes
+  dQ, dK and dV straight into one buffer of that layout, copied back once;
+* the scales ride in the products (``baddbmm``'s ``alpha``): 1/sqrt(Dh) in the scores' product, the dropout's
+  1/(1-p) in the products with the dropped weights, forward and backward, instead of passes over Q and the
+  weights;
+* the weights are dropped in one pass as the mask's words are drawn (:func:`posenc.dropout.keep_product`,
+  ``W * m``, exact in any dtype), and no mask is kept: where ``W * m > 0`` is where the mask lets the gradient
+  through, up to entries whose weight is 0, whose gradient the softmax's backward multiplies by that 0.
+
+Same results as the math path to rounding (the scales act on products rather than on their inputs; tested
+against the written-out formula in float64 and bf16, and against the general path). Measured at the base
+config's shapes (B=16, H=8, T=128, Dh=64, causal self-attention, forward + backward, 2 threads, medians): fp32
+23.1 -> 20.5 ms and 28.7 -> 24.7 ms per call (in two runs) against the node that kept the mask, which had
+brought 30.4 ms down to 27.1 against the separate operations; bf16 within noise (10.1 -> 10.5, 15.0 -> 14.2 ms).
 
 Serves self- and cross-attention whose encoding adds nothing inside attention (absolute encodings, NoPE) with
 no mask, a causal mask, or masks without fully blocked rows; everything else takes the general path.
@@ -28,7 +38,7 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from .dropout import apply_mask, keep_mask, keep_scale, representable
+from .dropout import keep_product, keep_scale, representable
 
 __all__ = ["packed_attention"]
 
@@ -45,6 +55,11 @@ def _merge(t: Tensor, batch: int) -> Tensor:
     parts, bh, n, dh = t.shape
     heads = bh // batch
     return t.view(parts, batch, heads, n, dh).permute(1, 3, 0, 2, 4).reshape(batch, n, parts * heads * dh)
+
+
+def _zeros(like: Tensor, *shape: int) -> Tensor:
+    """A zero of ``like``'s dtype expanded to ``shape`` (no memory): ``baddbmm``'s ignored input at ``beta = 0``."""
+    return like.new_zeros(()).expand(*shape)
 
 
 class _PackedAttention(torch.autograd.Function):
@@ -67,23 +82,21 @@ class _PackedAttention(torch.autograd.Function):
             if mask is not None and mask.dim() == 2:  # (Tq, Tk): added by the product itself
                 scores = torch.baddbmm(mask.to(q.dtype), q, k.transpose(1, 2), alpha=scale)  # (B*H, Tq, Tk)
             else:
-                scores = torch.baddbmm(q.new_zeros(()).expand(bh, tq, k.shape[1]), q, k.transpose(1, 2), beta=0.0,
-                                       alpha=scale)
+                scores = torch.baddbmm(_zeros(q, bh, tq, k.shape[1]), q, k.transpose(1, 2), beta=0.0, alpha=scale)
                 if mask is not None:  # (B|1, H|1, Tq, Tk)
                     scores.view(b, heads, tq, -1).add_(mask.to(q.dtype))
             weights = torch.softmax(scores, dim=-1)
-            keep = keep_mask(weights.shape, p, device=weights.device, dtype=weights.dtype)  # 0/1
+            dropped = keep_product(weights, p)  # weights * m, unscaled: no mask kept
             kept = keep_scale(p)
-            dropped = apply_mask(weights, keep, kept)
-            out = torch.bmm(dropped, v)  # (B*H, Tq, Dh)
-        ctx.save_for_backward(*packed, weights, dropped, keep)
+            out = torch.baddbmm(_zeros(q, bh, tq, dh), dropped, v, beta=0.0, alpha=kept)  # (B*H, Tq, Dh)
+        ctx.save_for_backward(*packed, weights, dropped)
         ctx.sizes = (b, scale, kept, x_kv is None)
         return _merge(out.unsqueeze(0), b)  # (B, Tq, D)
 
     @staticmethod
     @once_differentiable  # the products write into preallocated gradients: no second derivative through them
     def backward(ctx, grad: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
-        *packed, weights, dropped, keep = ctx.saved_tensors
+        *packed, weights, dropped = ctx.saved_tensors
         b, scale, kept, fused = ctx.sizes
         heads = weights.shape[0] // b
         g = _split(grad, 1, heads)[0]  # (B*H, Tq, Dh)
@@ -92,9 +105,11 @@ class _PackedAttention(torch.autograd.Function):
             (q, k, v), (dq, dk, dv) = packed[0].unbind(0), grads[0].unbind(0)
         else:
             q, (k, v), dq, (dk, dv) = packed[0][0], packed[1].unbind(0), grads[0][0], grads[1].unbind(0)
-        torch.bmm(dropped.transpose(1, 2), g, out=dv)
-        d_dropped = torch.bmm(g, v.transpose(1, 2))  # (B*H, Tq, Tk)
-        d_weights = apply_mask(d_dropped, keep, kept)
+        torch.baddbmm(dv, dropped.transpose(1, 2), g, beta=0.0, alpha=kept, out=dv)
+        d_weights = torch.baddbmm(_zeros(g, *weights.shape), g, v.transpose(1, 2), beta=0.0, alpha=kept)
+        # the mask's gradient: 0 where weights * m is 0, i.e. where m = 0 or the weight is 0 (whose gradient
+        # the softmax's backward multiplies by that weight, 0, anyway)
+        torch.ops.aten.threshold_backward.grad_input(d_weights, dropped, 0, grad_input=d_weights)
         d_scores = torch._softmax_backward_data(d_weights, weights, -1, weights.dtype)
         torch.baddbmm(dq, d_scores, k, beta=0.0, alpha=scale, out=dq)
         torch.baddbmm(dk, d_scores.transpose(1, 2), q, beta=0.0, alpha=scale, out=dk)
