@@ -20,6 +20,7 @@ __all__ = [
     "check_ids",
     "check_positions",
     "check_positive_int",
+    "check_positive_number",
     "check_rank",
 ]
 
@@ -47,6 +48,12 @@ def check_base(base: float) -> None:
     """The base of a sinusoidal or rotary frequency ladder: a finite number > 1."""
     if not (math.isfinite(base) and base > 1):
         raise ValueError(f"base must be a finite number > 1, got {base}")
+
+
+def check_positive_number(name: str, value: float) -> None:
+    """A finite number > 0 (a rate, a tolerance, a time, a scaling factor): NaN and inf are refused by name."""
+    if not (math.isfinite(value) and value > 0):
+        raise ValueError(f"{name} must be a finite number > 0, got {value}")
 
 
 def check_choice(name: str, value: Any, choices: Sequence[str]) -> str:

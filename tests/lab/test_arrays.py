@@ -83,6 +83,11 @@ def test_rope_wavelengths_formula():
     assert float(2 * math.pi / rot.theta[5]) == pytest.approx(lam[5])
     with pytest.raises(ValueError, match="even"):
         arrays.rope_wavelengths(63)
+    for kw, message in (({"base": 1.0}, "base must be a finite number > 1, got 1.0"),
+                        ({"base": float("inf")}, "base must be a finite number > 1, got inf"),  # gave all-inf
+                        ({"factor": float("nan")}, "factor must be a finite number > 0, got nan")):
+        with pytest.raises(ValueError, match=message):
+            arrays.rope_wavelengths(64, **kw)
 
 
 def test_alibi_bias_is_minus_slope_times_distance():

@@ -24,8 +24,9 @@ def test_scaled_spec_rejects_other_encodings_and_bad_input():
         scaled_spec("sinusoidal", "linear", 2.0, 20)
     with pytest.raises(ValueError, match="scaling must be one of"):
         scaled_spec("rope", "stretch", 2.0, 20)
-    with pytest.raises(ValueError, match="factor must be > 0"):
-        scaled_spec("rope", "linear", 0.0, 20)
+    for bad in (0.0, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match=f"factor must be a finite number > 0, got {bad}"):
+            scaled_spec("rope", "linear", bad, 20)
     with pytest.raises(ValueError, match="unknown scalings"):
         ExtendConfig(run_dir=".", lengths=[4], scalings=["linear", "warp"])
 

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from .._checks import check_positive_int
+from .._checks import check_base, check_positive_int, check_positive_number
 from ..attention import MultiHeadAttention
 from ..encodings import PositionalEncoding, build
 
@@ -102,10 +102,8 @@ def rope_wavelengths(head_dim: int, *, base: float = 10000.0, factor: float = 1.
     check_positive_int("head_dim", head_dim)
     if head_dim % 2:
         raise ValueError(f"rotary head_dim must be even, got {head_dim}")
-    if base <= 1:
-        raise ValueError(f"base must be > 1, got {base}")
-    if factor <= 0:
-        raise ValueError(f"factor must be > 0, got {factor}")
+    check_base(base)
+    check_positive_number("factor", factor)
     i = np.arange(head_dim // 2, dtype=np.float64)
     return 2 * np.pi * np.power(float(base), 2 * i / head_dim) * factor
 

@@ -21,6 +21,7 @@ import pathlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 
+from .._checks import check_positive_number
 from ..encodings import options, parse_spec
 from . import results as res
 from .plots import plot_metric_vs_length
@@ -37,8 +38,7 @@ def scaled_spec(spec: str, scaling: str, factor: float, trained_length: int) -> 
     """The RoPE spec of ``spec`` under ``scaling`` with ``factor``; ``none`` returns the spec unchanged."""
     if scaling not in SCALINGS:
         raise ValueError(f"scaling must be one of {', '.join(SCALINGS)}; got {scaling!r}")
-    if factor <= 0:
-        raise ValueError(f"factor must be > 0, got {factor}")
+    check_positive_number("factor", factor)
     name, opts = parse_spec(spec)
     if name != "rope":
         raise ValueError(f"posenc extend needs a RoPE run; this run's encoding is {spec!r}")
@@ -75,8 +75,8 @@ class ExtendConfig:
         if not self.scalings or len(set(self.scalings)) != len(self.scalings):
             raise ValueError(f"scalings must be distinct and at least one, got {self.scalings}")
         check_factors(self.factors)
-        if self.finetune_lr is not None and not (math.isfinite(self.finetune_lr) and self.finetune_lr > 0):
-            raise ValueError(f"finetune_lr must be a finite number > 0, got {self.finetune_lr}")
+        if self.finetune_lr is not None:
+            check_positive_number("finetune_lr", self.finetune_lr)
         if not self.lengths or min(self.lengths) < 1:
             raise ValueError(f"lengths must be >= 1, got {self.lengths}")
         if self.finetune_steps < 0:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import math
 
-from .._checks import check_choice
+from .._checks import check_choice, check_positive_number
 from .config import RunConfig, check_types
 from .distributed import PARALLEL_MODES
 from .faults import NONFINITE_POLICIES
@@ -40,16 +40,14 @@ def _check_train(cfg: RunConfig) -> None:
     _at_least("train.threads (0 = torch's default)", t.threads, 0)
     _at_least("train.keep_checkpoints (0 = keep all)", t.keep_checkpoints, 0)
     _at_least("train.time_limit (0 = none)", t.time_limit, 0)
-    if not (math.isfinite(t.dist_timeout) and t.dist_timeout > 0):
-        raise ValueError(f"train.dist_timeout must be a finite number of seconds > 0, got {t.dist_timeout}")
+    check_positive_number("train.dist_timeout (seconds)", t.dist_timeout)
 
 
 def _check_optim(cfg: RunConfig) -> None:
     o = cfg.optim
     check_choice("optim.name", o.name, ("adam", "adamw"))
     check_choice("optim.schedule", o.schedule, ("noam", "cosine", "constant"))
-    if not (math.isfinite(o.lr) and o.lr > 0):
-        raise ValueError(f"optim.lr must be a finite number > 0, got {o.lr}")
+    check_positive_number("optim.lr", o.lr)
     _at_least("optim.warmup_steps", o.warmup_steps, 0)
     _within("optim.min_lr_ratio", o.min_lr_ratio, 0.0, 1.0)
     _within("optim.label_smoothing", o.label_smoothing, 0.0, 1.0, high_open=True)
@@ -57,8 +55,7 @@ def _check_optim(cfg: RunConfig) -> None:
     _at_least("optim.weight_decay", o.weight_decay, 0)
     _within("optim.beta1", o.beta1, 0.0, 1.0, high_open=True)
     _within("optim.beta2", o.beta2, 0.0, 1.0, high_open=True)
-    if not (math.isfinite(o.eps) and o.eps > 0):
-        raise ValueError(f"optim.eps must be a finite number > 0, got {o.eps}")
+    check_positive_number("optim.eps", o.eps)
 
 
 def _check_model_and_eval(cfg: RunConfig) -> None:
