@@ -108,19 +108,31 @@ def test_keep_product_on_non_finite_values_is_torchs_arithmetic(dtype, chunks, m
     torch.manual_seed(5)
     out = keep_product(x, 0.5)
     torch.testing.assert_close(out.float(), expected, rtol=0, atol=0, equal_nan=True)
+    zeros = expected == 0  # assert_close takes -0.0 for +0.0: a dropped negative must give -0.0, as x * 0 does
+    assert torch.equal(out.float()[zeros].signbit(), expected[zeros].signbit()) and expected[zeros].signbit().any()
     assert expected[len(finite):].isnan().sum() > expected[len(finite):].isinf().sum() > 0
 
 
 def test_mask_threads_are_a_positive_int_and_the_previous_count_is_returned():
+    import numpy as np
+
     previous = dropout.set_mask_threads(3)
     try:
-        assert dropout.set_mask_threads(2) == 3
-        for bad in (0, -1, 1.5, True, "2"):
-            with pytest.raises(ValueError, match=f"got {bad!r}"):
+        assert dropout.set_mask_threads(np.int64(2)) == 3
+        for error, bad in ((ValueError, 0), (ValueError, -1), (TypeError, 1.5), (TypeError, True), (TypeError, "2")):
+            with pytest.raises(error, match=f"got .*{bad!r}"):
                 dropout.set_mask_threads(bad)
         assert dropout.set_mask_threads(1) == 2  # unchanged by the refusals
     finally:
         dropout.set_mask_threads(previous)
+
+
+def test_keep_product_refuses_a_tensor_that_needs_a_gradient():
+    x = torch.randn(8, 8, requires_grad=True)
+    with pytest.raises(ValueError, match="not differentiable"):
+        keep_product(x, 0.1)
+    with torch.no_grad():
+        assert keep_product(x, 0.1).requires_grad is False
 
 
 def test_large_masks_are_drawn_in_chunks_the_same_for_any_thread_count(monkeypatch):

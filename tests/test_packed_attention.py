@@ -126,6 +126,20 @@ def test_bf16_attention_equals_the_formula_to_bf16_rounding(cross, monkeypatch):
         torch.testing.assert_close(a.double(), e, atol=2e-2 * e.abs().max().item(), rtol=0)
 
 
+@pytest.mark.parametrize("chunks", [False, True])
+def test_the_node_keeps_the_weights_and_the_dropped_weights_but_no_mask(chunks, monkeypatch):
+    """Two (B*H, Tq, Tk) tensors saved for the backward, not three: the mask is not kept."""
+    if chunks:
+        monkeypatch.setattr(dropout, "_CHUNK_WORDS", 16)
+    x = torch.randn(2, 5, 3 * 12, requires_grad=True)
+    shapes = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: shapes.append(tuple(t.shape)) or t, lambda t: t):
+        out = packed_attention(x, None, heads=2, mask=None, p=0.1)
+    assert shapes.count((4, 5, 5)) == 2 and len(shapes) == 3  # the weights, the dropped weights, packed Q|K|V
+    out.sum().backward()
+    assert x.grad.abs().sum() > 0
+
+
 def test_only_calls_without_hooks_or_requests_on_the_weights_take_the_packed_node(monkeypatch):
     import posenc.attention as attention
 

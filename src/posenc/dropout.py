@@ -16,8 +16,8 @@ The chunks' generators are NumPy's SFC64 (Doty-Humphrey's small fast chaotic gen
 standard statistical batteries): on this project's CPU one of them draws 64-bit words about twice as fast as
 torch's Mersenne twister (the draws were a third of the fast dropout's time). Each chunk's words are compared
 with the threshold as soon as they are drawn, while they are still in the cache, and the 0/1 values written
-straight in the mask's dtype (a 4M-entry fp32 mask in 5 ms instead of 16, two threads), or applied to the
-values at once (:func:`relu_keep_`, :func:`keep_product`), so that no mask is stored at all.
+straight in the mask's dtype (a 4M-entry fp32 mask in about 5 ms, against 16 ms for the words drawn first and
+compared after), or applied to the values at once (:func:`relu_keep_`, :func:`keep_product`), so that no mask is stored at all.
 
 This is opt-in (``posenc.fast.use_fast_path``); the modules' default dropout is ``torch.nn.Dropout``.
 """
@@ -92,6 +92,7 @@ def _fill_mask(chunk: Tensor, seed: int, threshold: int) -> None:
 
 
 _BF16_MAGNITUDE, _BF16_INF = 0x7FFF, 0x7F80  # bit masks: all but the sign; the exponent of inf and NaN
+_BF16_SIGN = -0x8000  # the sign bit alone, as an int16
 
 
 def _fill_kept(pair: tuple[Tensor, Tensor], seed: int, threshold: int, relu: bool) -> None:
@@ -99,8 +100,8 @@ def _fill_kept(pair: tuple[Tensor, Tensor], seed: int, threshold: int, relu: boo
     identity and ``keep`` the 0/1 values :func:`_fill_mask` would write for ``seed``, over a chunk still in the
     cache, with torch's arithmetic (``relu(-inf) = 0``, a NaN stays NaN, a dropped ``inf`` is ``inf * 0 = NaN``).
     bf16, unknown to NumPy, works on its bit patterns: a bf16 is positive exactly when its bits read as int16
-    are, and zeroing its bits zeroes it, which is all a finite chunk needs; a chunk holding an inf or a NaN is
-    computed in float32, which holds every bf16 exactly."""
+    are, and clearing all but its sign bit gives the signed zero that ``x * 0`` gives, which is all a finite chunk
+    needs; a chunk holding an inf or a NaN is computed in float32, which holds every bf16 exactly."""
     src, dst = pair
     keep = _chunk_halves(seed, src.numel()) >= threshold
     if src.dtype != torch.bfloat16:
@@ -108,7 +109,10 @@ def _fill_kept(pair: tuple[Tensor, Tensor], seed: int, threshold: int, relu: boo
     else:
         bits, out_bits = src.view(torch.int16).numpy(), dst.view(torch.int16).numpy()
         if int(np.bitwise_and(bits, _BF16_MAGNITUDE).max()) < _BF16_INF:
-            np.multiply(bits, (bits > 0) & keep if relu else keep, out=out_bits)
+            if relu:  # relu(x) * m is +0 unless x > 0 and kept
+                np.multiply(bits, (bits > 0) & keep, out=out_bits)
+            else:  # x * 0 keeps x's sign, as in torch (-1 * 0 = -0): a dropped entry keeps only its sign bit
+                np.bitwise_and(bits, np.where(keep, np.int16(-1), np.int16(_BF16_SIGN)), out=out_bits)
             return
         values = out = (bits.astype(np.int32) << 16).view(np.float32)
     with np.errstate(invalid="ignore"):  # inf * 0 = NaN, as in torch
@@ -143,15 +147,20 @@ def set_mask_threads(threads: int) -> int:
 
     Why one by default: inside a training step torch's OpenMP workers keep spinning for a while after each
     parallel operation, and a pool drawing then competes with them for the cores. The whole base-config step
-    of ``benchmarks/train_speed.py`` (2 torch threads), calling thread against a pool of two, interleaved:
-    fp32 3.33 -> 2.97 s and 3.03 -> 2.83 s, bf16 1.74 -> 1.53 s (medians). A pool pays where torch's workers
+    of ``benchmarks/train_speed.py`` (2 torch threads), the calling thread alone against a pool of two,
+    alternating in one process: median of the paired ratios 0.94 and 0.975 in two fp32 runs, 0.975 in bf16
+    (medians with / without the pool: fp32 3.33 / 2.97 s, bf16 1.74 / 1.53 s). A pool pays where torch's workers
     sleep (``OMP_WAIT_POLICY=PASSIVE``) or for masks drawn on their own (a 4M-entry fp32 mask alone, two cores:
     5.1 ms on one thread, 4.1 on two).
     """
     global _mask_threads
-    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
-        raise ValueError(f"mask threads must be a positive int, got {threads!r}")
-    previous, _mask_threads = _mask_threads, threads
+    if isinstance(threads, bool) or not isinstance(threads, (int, np.integer)):
+        raise TypeError(f"mask threads must be an int, got {type(threads).__name__} {threads!r}")
+    if threads < 1:
+        raise ValueError(f"mask threads must be >= 1, got {threads}")
+    previous, _mask_threads = _mask_threads, int(threads)
+    for key in [k for k in _pools if k[0] == os.getpid() and k[1] != _mask_threads]:
+        _pools.pop(key).shutdown(wait=False)  # idle threads of another count: let them go
     return previous
 
 
@@ -240,8 +249,12 @@ def keep_product(x: Tensor, p: float, *, generator: torch.Generator | None = Non
 
     The fast path's attention (:mod:`posenc.packed_attention`) drops its weights this way: one pass, with a large
     CPU mask compared chunk by chunk as its words are drawn, and no mask kept (where the weights are positive,
-    ``x * m > 0`` is the mask). Not differentiable itself (the result needs no gradient).
+    ``x * m > 0`` is the mask). Not differentiable itself: ``x`` must need no gradient here (call it under
+    ``torch.no_grad()`` or inside an autograd function's forward), where the result would silently have none.
     """
+    if torch.is_grad_enabled() and x.requires_grad:
+        raise ValueError("keep_product is not differentiable: call it on a tensor that needs no gradient, or "
+                         "under torch.no_grad()")
     out = torch.empty_like(x, memory_format=torch.contiguous_format)
     with torch.no_grad():
         if _kept(x, out, p, False, generator):

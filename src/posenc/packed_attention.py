@@ -16,7 +16,9 @@ weights). Here:
   weights;
 * the weights are dropped in one pass as the mask's words are drawn (:func:`posenc.dropout.keep_product`,
   ``W * m``, exact in any dtype), and no mask is kept: where ``W * m > 0`` is where the mask lets the gradient
-  through, up to entries whose weight is 0, whose gradient the softmax's backward multiplies by that 0.
+  through, up to entries whose weight is 0, whose gradient the softmax's backward multiplies by that 0. (A
+  dropped entry's gradient is thereby exactly 0 even where ``dO V^T`` is not finite: with an inf in V or in the
+  incoming gradient, dQ and dK can stay finite here where the math path's ``NaN * 0`` spreads NaN.)
 
 Same results as the math path to rounding (the scales act on products rather than on their inputs; tested
 against the written-out formula in float64 and bf16, and against the general path). Measured at the base

@@ -38,6 +38,14 @@ def test_bidirectional_is_refused():
     assert build("xpos", head_dim=8, causal=True).rotate_after_cache is True
 
 
+@pytest.mark.parametrize("kw", [{"scale_base": 0.0}, {"scale_base": float("nan")}, {"gamma": -0.4},
+                                {"gamma": float("inf")}])
+def test_a_bad_scale_base_or_gamma_is_named(kw):
+    (name, value), = kw.items()
+    with pytest.raises(ValueError, match=f"{name} must be a finite number > 0, got {value}"):
+        build("xpos", head_dim=8, **kw)
+
+
 @pytest.mark.parametrize("layout", ["interleaved", "half"])
 def test_an_odd_head_dim_passes_its_last_dim_through(layout):
     """As RoPE does, an odd head's last dim is neither rotated nor decayed; the rest is xPos of the even part."""

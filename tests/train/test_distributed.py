@@ -207,5 +207,6 @@ def test_one_process_without_torchrun(monkeypatch: pytest.MonkeyPatch) -> None:
     assert par.sum([1.5, 2.0]) == [1.5, 2.0]
     with pytest.raises(ValueError, match="train.parallel must be one of ddp, fsdp, got 'zero'"):
         Parallel.start(mode="zero", timeout_s=60, device=torch.device("cpu"))
-    with pytest.raises(ValueError, match="train.dist_timeout must be > 0"):
-        Parallel.start(mode="ddp", timeout_s=0, device=torch.device("cpu"))
+    for bad in (0, float("nan")):
+        with pytest.raises(ValueError, match=rf"train.dist_timeout \(seconds\) must be a finite number > 0, got {bad}"):
+            Parallel.start(mode="ddp", timeout_s=bad, device=torch.device("cpu"))

@@ -40,6 +40,9 @@ def test_bad_names() -> None:
         build_schedule(OptimConfig(schedule="linear"), d_model=8, total_steps=1)
     with pytest.raises(ValueError, match="'sgd'"):
         build_optimizer(torch.nn.Linear(2, 2), OptimConfig(name="sgd"))
+    for lr in (0.0, float("nan"), float("inf")):  # built in Python without the run's checks: refused here too
+        with pytest.raises(ValueError, match=f"optim.lr must be a finite number > 0, got {lr}"):
+            build_optimizer(torch.nn.Linear(2, 2), OptimConfig(lr=lr))
 
 
 def test_adamw_decays_matrices_only() -> None:

@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .._checks import check_positive_number
 from .base import register
 from .rotary import RoPE
 
@@ -50,8 +51,8 @@ class XPos(RoPE):
                 "zeta^((n - m)/scale_base) > 1, which grows without bound with the distance; use rope or a bias "
                 "family for bidirectional attention"
             )
-        if scale_base <= 0 or gamma <= 0:
-            raise ValueError(f"scale_base and gamma must be > 0, got {scale_base}, {gamma}")
+        check_positive_number("scale_base", scale_base)
+        check_positive_number("gamma", gamma)
         super().__init__(head_dim=head_dim, base=base, layout=layout)
         self.scale_base, self.gamma = float(scale_base), float(gamma)
         half = self.rot_dim // 2

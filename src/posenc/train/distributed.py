@@ -38,6 +38,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from .._checks import check_positive_number
 from ..data.batch import Batch
 from .metrics import EvalResult, autocast_context, forward, token_loss
 
@@ -104,8 +105,7 @@ class Parallel:
         """Join torchrun's job when its environment says there is one; returns the process and its device."""
         if mode not in PARALLEL_MODES:
             raise ValueError(f"train.parallel must be one of {', '.join(PARALLEL_MODES)}, got {mode!r}")
-        if timeout_s <= 0:
-            raise ValueError(f"train.dist_timeout must be > 0 seconds, got {timeout_s}")
+        check_positive_number("train.dist_timeout (seconds)", timeout_s)
         world = int(os.environ.get("WORLD_SIZE", "1"))
         if world <= 1:
             return cls(mode=mode), device

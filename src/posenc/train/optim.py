@@ -20,6 +20,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from .._checks import check_positive_number
 from .config import OptimConfig
 
 __all__ = ["build_optimizer", "build_schedule", "constant", "noam", "warmup_cosine"]
@@ -70,8 +71,7 @@ def build_schedule(cfg: OptimConfig, *, d_model: int, total_steps: int) -> Sched
 def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer:
     """Adam or AdamW. AdamW decays matrices only: biases, norms' gains and 1-D tables are left alone (the usual
     practice since BERT and GPT-2, so that a norm's scale is not pulled toward zero)."""
-    if cfg.lr <= 0:
-        raise ValueError(f"optim.lr must be > 0, got {cfg.lr}")
+    check_positive_number("optim.lr", cfg.lr)
     params = [p for p in model.parameters() if p.requires_grad]  # parameters() yields a tied tensor once
     betas = (cfg.beta1, cfg.beta2)
     if cfg.name == "adam":
