@@ -112,7 +112,9 @@ def _fill_kept(pair: tuple[Tensor, Tensor], seed: int, threshold: int, relu: boo
             if relu:  # relu(x) * m is +0 unless x > 0 and kept
                 np.multiply(bits, (bits > 0) & keep, out=out_bits)
             else:  # x * 0 keeps x's sign, as in torch (-1 * 0 = -0): a dropped entry keeps only its sign bit
-                np.bitwise_and(bits, np.where(keep, np.int16(-1), np.int16(_BF16_SIGN)), out=out_bits)
+                bit_mask = np.negative(keep.view(np.int8).astype(np.int16))  # -1 (all bits) where kept, else 0
+                np.bitwise_or(bit_mask, np.int16(_BF16_SIGN), out=bit_mask)  # ... else the sign bit
+                np.bitwise_and(bits, bit_mask, out=out_bits)  # (np.where builds the same mask 5x slower)
             return
         values = out = (bits.astype(np.int32) << 16).view(np.float32)
     with np.errstate(invalid="ignore"):  # inf * 0 = NaN, as in torch
