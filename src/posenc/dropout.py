@@ -17,7 +17,8 @@ standard statistical batteries): on this project's CPU one of them draws 64-bit 
 torch's Mersenne twister (the draws were a third of the fast dropout's time). Each chunk's words are compared
 with the threshold as soon as they are drawn, while they are still in the cache, and the 0/1 values written
 straight in the mask's dtype (a 4M-entry fp32 mask in about 5 ms, against 16 ms for the words drawn first and
-compared after), or applied to the values at once (:func:`relu_keep_`, :func:`keep_product`), so that no mask is stored at all.
+compared after), or applied to the values at once (:func:`relu_keep_`, :func:`keep_product`), so that no mask is
+stored at all.
 
 This is opt-in (``posenc.fast.use_fast_path``); the modules' default dropout is ``torch.nn.Dropout``.
 """
@@ -225,6 +226,12 @@ def _kept(src: Tensor, dst: Tensor, p: float, relu: bool, generator: torch.Gener
     return True
 
 
+def _refuse_grad(t: Tensor, name: str, why: str) -> None:
+    """``relu_keep_`` and ``keep_product`` write outside autograd: a tensor that needs a gradient is refused."""
+    if torch.is_grad_enabled() and t.requires_grad:
+        raise ValueError(f"{name} {why}: call it on a tensor that needs no gradient, or under torch.no_grad()")
+
+
 def relu_keep_(h: Tensor, p: float, *, generator: torch.Generator | None = None) -> Tensor:
     """In place: ``h <- relu(h) * m`` with ``m`` the :func:`keep_mask` of ``h``'s shape that the same generator
     state gives; unscaled (the caller applies :func:`keep_scale`). Returns ``h``.
@@ -235,9 +242,7 @@ def relu_keep_(h: Tensor, p: float, *, generator: torch.Generator | None = None)
     ``h`` must need no gradient here (call it under ``torch.no_grad()`` or inside an autograd function's
     forward); its version counter is advanced, so a saved copy of it is caught by autograd as modified.
     """
-    if torch.is_grad_enabled() and h.requires_grad:
-        raise ValueError("relu_keep_ writes h in place outside autograd: call it on a tensor that needs no "
-                         "gradient, or under torch.no_grad()")
+    _refuse_grad(h, "relu_keep_", "writes h in place outside autograd")
     if _kept(h, h, p, True, generator):
         torch.autograd.graph.increment_version(h)
         return h
@@ -254,9 +259,7 @@ def keep_product(x: Tensor, p: float, *, generator: torch.Generator | None = Non
     ``x * m > 0`` is the mask). Not differentiable itself: ``x`` must need no gradient here (call it under
     ``torch.no_grad()`` or inside an autograd function's forward), where the result would silently have none.
     """
-    if torch.is_grad_enabled() and x.requires_grad:
-        raise ValueError("keep_product is not differentiable: call it on a tensor that needs no gradient, or "
-                         "under torch.no_grad()")
+    _refuse_grad(x, "keep_product", "is not differentiable")
     out = torch.empty_like(x, memory_format=torch.contiguous_format)
     with torch.no_grad():
         if _kept(x, out, p, False, generator):
