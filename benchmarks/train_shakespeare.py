@@ -34,11 +34,11 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 DEFAULT_TEXT = ROOT.parent / "shared" / "data" / "tinyshakespeare" / "input.txt"
 
 
-def recipe(text: pathlib.Path, steps: int, run_dir: pathlib.Path) -> RunConfig:
+def recipe(text: pathlib.Path, steps: int, run_dir: pathlib.Path, encoding: str = "sinusoidal") -> RunConfig:
     cfg = RunConfig()
     m, d, o, t, e = cfg.model, cfg.data, cfg.optim, cfg.train, cfg.eval
     m.d_model, m.num_heads, m.num_layers, m.dim_feedforward, m.dropout = 128, 4, 4, 512, 0.0
-    m.encoding = "sinusoidal"  # unit amplitude, like the sqrt(d)-scaled token embeddings: position from step 1
+    m.encoding = encoding  # sinusoidal: unit amplitude, like the sqrt(d)-scaled token embeddings: position from step 1
     d.kind, d.path, d.tokenizer, d.block_size, d.batch_size = "text", str(text), "char", 128, 32
     o.name, o.lr, o.warmup_steps, o.schedule, o.min_lr_ratio, o.weight_decay = "adamw", 4e-3, 50, "cosine", 0.1, 0.01
     t.steps, t.precision, t.threads, t.run_dir, t.resume = steps, "bf16", 1, str(run_dir), "never"
@@ -52,9 +52,11 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=850)
     p.add_argument("--budget", type=float, default=300.0, help="seconds of training at most (0 = no limit)")
     p.add_argument("--clock", choices=("cpu", "wall"), default="cpu")
+    p.add_argument("--encoding", default="sinusoidal",
+                   help="the positional encoding, any spec posenc.encodings.build takes (e.g. learned:init_std=0.02)")
     p.add_argument("--run-dir", type=pathlib.Path, default=ROOT / "runs" / f"shakespeare-{int(time.time())}")
     args = p.parse_args()
-    cfg = recipe(args.text, args.steps, args.run_dir)
+    cfg = recipe(args.text, args.steps, args.run_dir, args.encoding)
     cfg.train.time_limit, cfg.train.time_limit_clock = args.budget, args.clock
     wall, cpu = time.perf_counter(), time.process_time()
     result = train(cfg)

@@ -87,13 +87,18 @@ def child(args: argparse.Namespace) -> None:
     dump({"peak_mib": peak_rss_mib(), "before_mib": before, "train_mib": peak_rss_mib() - before})
 
 
-def ratio_to_peers(rates: dict[str, list[float]], system: str) -> str:
-    """Median over rounds of ``system``'s rate over the faster peer's rate in the same round."""
+def round_ratios(rates: dict[str, list[float]], system: str) -> list[float]:
+    """``system``'s rate over the fastest peer's rate in the same round, for every round ([] for a peer)."""
     peers = [p for p in PEERS if p in rates]
     if system in PEERS or not peers:
-        return "—"
-    rounds = len(rates[system])
-    return f"{median([rates[system][i] / max(rates[p][i] for p in peers) for i in range(rounds)]):.2f}x"
+        return []
+    return [rates[system][i] / max(rates[p][i] for p in peers) for i in range(len(rates[system]))]
+
+
+def ratio_to_peers(rates: dict[str, list[float]], system: str) -> str:
+    """Median over rounds of ``system``'s rate over the faster peer's rate in the same round."""
+    ratios = round_ratios(rates, system)
+    return f"{median(ratios):.2f}x" if ratios else "—"
 
 
 def measure_peaks() -> dict[str, tuple[float, float]]:
@@ -116,6 +121,9 @@ def report(args: argparse.Namespace) -> None:
                 results.append((cfg_name, precision, s, wall, cpu, round_peaks, mem))
                 print(f"  {cfg_name}/{precision} {s}: wall {[round(x) for x in wall[s]]} cpu {[round(x) for x in cpu[s]]}",
                       file=sys.stderr)
+                if ratios := sorted(round_ratios(wall, s)):  # the spread behind the median the table gives
+                    print(f"  {cfg_name}/{precision} {s} over the round's fastest peer (wall), sorted: "
+                          f"{', '.join(f'{r:.2f}' for r in ratios)}", file=sys.stderr)
     second = measure_peaks()
     peaks = {k: (max(first[k][0], second[k][0]), max(first[k][1], second[k][1])) for k in first}
     print("matmul peak (2048^3, best of 5, before and after), GFLOP/s per wall second | per CPU second: " + ", ".join(
