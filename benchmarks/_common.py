@@ -27,6 +27,7 @@ __all__ = [
     "median",
     "peak_rss_mib",
     "process_flags",
+    "sync",
     "table",
 ]
 
@@ -55,19 +56,28 @@ def process_flags(args) -> list[str]:
     return ["--denormals", args.denormals, "--malloc", args.malloc]
 
 
-def matmul_peak_gflops(dtype: torch.dtype, *, size: int = 2048, repeats: int = 5) -> tuple[float, float]:
-    """The best GFLOP/s of a square ``size``-by-``size`` matrix product in ``dtype`` over ``repeats`` runs,
-    per wall second and per CPU second of this process.
+def sync(device: torch.device | str = "cpu") -> None:
+    """Wait for the work queued on ``device`` (a GPU runs asynchronously; the CPU has nothing to wait for)."""
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def matmul_peak_gflops(dtype: torch.dtype, *, size: int = 2048, repeats: int = 5,
+                       device: torch.device | str = "cpu") -> tuple[float, float]:
+    """The best GFLOP/s of a square ``size``-by-``size`` matrix product in ``dtype`` on ``device`` over
+    ``repeats`` runs, per wall second and per CPU second of this process.
 
     The best run (not the median) is the peak this machine can reach; model FLOPs utilization divides by it.
     """
-    a = torch.randn(size, size).to(dtype)
-    b = torch.randn(size, size).to(dtype)
+    a = torch.randn(size, size, device=device).to(dtype)
+    b = torch.randn(size, size, device=device).to(dtype)
     torch.mm(a, b)  # warm-up: thread pool, kernel selection
+    sync(device)
     wall = cpu = float("inf")
     for _ in range(repeats):
         t0, c0 = time.perf_counter(), time.process_time()
         torch.mm(a, b)
+        sync(device)
         wall, cpu = min(wall, time.perf_counter() - t0), min(cpu, time.process_time() - c0)
     return 2 * size**3 / wall / 1e9, 2 * size**3 / cpu / 1e9
 
@@ -108,8 +118,8 @@ def median(xs: Sequence[float]) -> float:
     return statistics.median(xs)
 
 
-def machine() -> str:
-    """A one-line description of the machine: CPU model, cores torch uses, torch version."""
+def machine(device: torch.device | str = "cpu") -> str:
+    """A one-line description of the machine: CPU model, cores torch uses, torch version (and the GPU, if used)."""
     model = "unknown CPU"
     try:
         with open("/proc/cpuinfo") as f:
@@ -119,7 +129,8 @@ def machine() -> str:
                     break
     except OSError:
         pass
-    return f"{model}, {os.cpu_count()} cores ({torch.get_num_threads()} torch threads), torch {torch.__version__}"
+    gpu = f"; {torch.cuda.get_device_name(device)}" if torch.device(device).type == "cuda" else ""
+    return f"{model}, {os.cpu_count()} cores ({torch.get_num_threads()} torch threads), torch {torch.__version__}{gpu}"
 
 
 def table(header: Sequence[str], rows: Sequence[Sequence[object]], fmt: Callable[[object], str] = str) -> str:

@@ -97,7 +97,7 @@ class TorchSeq2Seq(nn.Module):
         self.scale = math.sqrt(d)
 
     def forward(self, src: Tensor, tgt: Tensor) -> Tensor:
-        mask = nn.Transformer.generate_square_subsequent_mask(tgt.shape[1])
+        mask = nn.Transformer.generate_square_subsequent_mask(tgt.shape[1], device=tgt.device)
         x = self.pos(self.src_emb(src) * self.scale)
         y = self.pos(self.tgt_emb(tgt) * self.scale)
         return self.generator(self.transformer(x, y, tgt_mask=mask, tgt_is_causal=True))  # (B, T, V)
@@ -136,9 +136,13 @@ def build(system: str, cfg: Config) -> nn.Module:
     raise ValueError(f"unknown system {system!r}; valid: posenc, posenc+fast, posenc+compile, posenc+fast+compile, torch, xtransformers, xtransformers+flash")
 
 
-def make_step(system: str, cfg: Config, precision: str, adam: str = "fused") -> tuple[Callable[[Tensor, Tensor], float], nn.Module]:
-    """One training step ``(src (B,S), tgt (B,T+1)) -> loss`` of ``system``: forward, backward, Adam."""
-    model = build(system, cfg).train()
+def make_step(
+    system: str, cfg: Config, precision: str, adam: str = "fused", device: torch.device | str = "cpu"
+) -> tuple[Callable[[Tensor, Tensor], float], nn.Module]:
+    """One training step ``(src (B,S), tgt (B,T+1)) -> loss`` of ``system`` on ``device``: forward, backward,
+    Adam. On a GPU the step returns with its work queued: time it with :func:`_common.sync`."""
+    device = torch.device(device)
+    model = build(system, cfg).to(device).train()
     opt_kw = {"fused": True} if adam == "fused" else {"foreach": adam == "foreach"}
     opt = torch.optim.Adam(model.parameters(), lr=1e-4, **opt_kw)
     forward: Callable[[Tensor, Tensor], Tensor]
@@ -153,7 +157,7 @@ def make_step(system: str, cfg: Config, precision: str, adam: str = "fused") -> 
             return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), tgt[:, 1:].reshape(-1))
 
     def step(src: Tensor, tgt: Tensor) -> float:
-        ctx = torch.autocast("cpu", dtype=torch.bfloat16) if precision == "bf16" else contextlib.nullcontext()
+        ctx = torch.autocast(device.type, dtype=torch.bfloat16) if precision == "bf16" else contextlib.nullcontext()
         with ctx:
             loss = forward(src, tgt)
         loss.backward()
@@ -164,12 +168,13 @@ def make_step(system: str, cfg: Config, precision: str, adam: str = "fused") -> 
     return step, model
 
 
-def batch(cfg: Config, seed: int = 0) -> tuple[Tensor, Tensor]:
-    """Source ``(B, S)`` and target ``(B, T+1)`` ids in [1, V): no padding, so no system masks padding."""
+def batch(cfg: Config, seed: int = 0, device: torch.device | str = "cpu") -> tuple[Tensor, Tensor]:
+    """Source ``(B, S)`` and target ``(B, T+1)`` ids in [1, V): no padding, so no system masks padding. Drawn on
+    the CPU (the same ids on every device), then moved to ``device``."""
     g = torch.Generator().manual_seed(seed)
     src = torch.randint(1, cfg.vocab, (cfg.batch, cfg.length), generator=g)
     tgt = torch.randint(1, cfg.vocab, (cfg.batch, cfg.length + 1), generator=g)
-    return src, tgt
+    return src.to(device), tgt.to(device)
 
 
 def parameters(model: nn.Module) -> int:

@@ -14,6 +14,11 @@ another's) for a few steps; reported are the peak resident set of that process (
 and the training part of it: the peak minus the resident set just before the first step (after imports, the
 model and the optimizer were built).
 
+On a GPU (``--device cuda``) the steps are timed up to a synchronization, the matrix peak is that of an 8192^3
+product, and memory is the peak of torch's CUDA allocator (``torch.cuda.max_memory_allocated``) in each fresh
+process; the CPU-second columns then say little. (Written for the GPU table of benchmarks/README.md; it has not
+yet run on a GPU.)
+
     PYTHONPATH=src python benchmarks/train_speed.py --config small base --precision fp32 bf16 --memory
 """
 
@@ -28,7 +33,10 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from _common import add_process_options, apply_process_options, child_json, process_flags, current_rss_mib, dump, machine, matmul_peak_gflops, median, peak_rss_mib, table  # noqa: E402
+from _common import (  # noqa: E402
+    add_process_options, apply_process_options, child_json, current_rss_mib, dump, machine, matmul_peak_gflops, median,
+    peak_rss_mib, process_flags, sync, table,
+)
 from _systems import CONFIGS, batch, make_step, model_flops, parameters  # noqa: E402
 
 PEERS = ("torch", "xtransformers", "xtransformers+flash")
@@ -44,10 +52,10 @@ def time_systems(
     does not (with one torch thread it is the work done; with more it also counts threads spinning).
     """
     cfg = CONFIGS[cfg_name]
-    src, tgt = batch(cfg)
+    src, tgt = batch(cfg, device=args.device)
     steps = {}
     for s in systems:
-        step, model = make_step(s, cfg, precision, args.adam)
+        step, model = make_step(s, cfg, precision, args.adam, args.device)
         steps[s] = step
         print(f"  {cfg_name}/{precision} {s}: {parameters(model):,} parameters", file=sys.stderr)
         for _ in range(args.warmup):
@@ -57,12 +65,14 @@ def time_systems(
     cpu: dict[str, list[float]] = {s: [] for s in systems}
     round_peaks: list[float] = []
     for r in range(args.rounds):
-        round_peaks.append(matmul_peak_gflops(torch.float32 if precision == "fp32" else torch.bfloat16, repeats=3)[0])
+        round_peaks.append(peak_gflops(precision, args.device, repeats=3)[0])
         order = systems[r % len(systems):] + systems[: r % len(systems)]
         for s in order:
+            sync(args.device)
             t0, c0 = time.perf_counter(), time.process_time()
             for _ in range(args.steps):
                 steps[s](src, tgt)
+            sync(args.device)
             wall[s].append(args.steps * tokens / (time.perf_counter() - t0))
             cpu[s].append(args.steps * tokens / (time.process_time() - c0))
     return wall, cpu, round_peaks
@@ -71,16 +81,26 @@ def time_systems(
 def memory_of(cfg_name: str, precision: str, system: str, args: argparse.Namespace) -> dict:
     """Peak resident set of ``system`` training in a fresh process (see ``--child``)."""
     return child_json(__file__, [
-        "--child", system, "--config", cfg_name, "--precision", precision, "--adam", args.adam, "--threads", str(args.threads),
-        *process_flags(args),
+        "--child", system, "--config", cfg_name, "--precision", precision, "--adam", args.adam,
+        "--threads", str(args.threads), "--device", args.device, *process_flags(args),
     ])
 
 
 def child(args: argparse.Namespace) -> None:
     """Run in a fresh process: build one system, train a few steps, print its resident-set figures."""
     cfg = CONFIGS[args.config[0]]
-    src, tgt = batch(cfg)
-    step, _ = make_step(args.child, cfg, args.precision[0], args.adam)
+    src, tgt = batch(cfg, device=args.device)
+    step, _ = make_step(args.child, cfg, args.precision[0], args.adam, args.device)
+    if torch.device(args.device).type == "cuda":  # torch's CUDA allocator: the peak of its allocated bytes
+        sync(args.device)
+        before = torch.cuda.memory_allocated(args.device) / 2**20
+        torch.cuda.reset_peak_memory_stats(args.device)
+        for _ in range(3):
+            step(src, tgt)
+        sync(args.device)
+        peak = torch.cuda.max_memory_allocated(args.device) / 2**20
+        dump({"peak_mib": peak, "before_mib": before, "train_mib": peak - before})
+        return
     before = current_rss_mib()
     for _ in range(3):
         step(src, tgt)
@@ -101,16 +121,34 @@ def ratio_to_peers(rates: dict[str, list[float]], system: str) -> str:
     return f"{median(ratios):.2f}x" if ratios else "—"
 
 
-def measure_peaks() -> dict[str, tuple[float, float]]:
-    return {"fp32": matmul_peak_gflops(torch.float32), "bf16": matmul_peak_gflops(torch.bfloat16)}
+def peak_size(device: str) -> int:
+    return 2048 if torch.device(device).type == "cpu" else 8192
+
+
+def peak_gflops(precision: str, device: str, repeats: int = 5) -> tuple[float, float]:
+    """The matrix peak in ``precision`` on ``device``: a 2048^3 product on the CPU, 8192^3 on a GPU (where a
+    2048^3 product is over too soon to time)."""
+    dtype = torch.float32 if precision == "fp32" else torch.bfloat16
+    size = peak_size(device)
+    return matmul_peak_gflops(dtype, size=size, repeats=repeats, device=device)
+
+
+def measure_peaks(device: str) -> dict[str, tuple[float, float]]:
+    return {"fp32": peak_gflops("fp32", device), "bf16": peak_gflops("bf16", device)}
+
+
+def memory_columns(device: str) -> tuple[str, str]:
+    if torch.device(device).type == "cuda":
+        return "peak CUDA allocated MiB", "training CUDA allocated MiB"
+    return "peak RSS MiB", "training RSS MiB"
 
 
 def report(args: argparse.Namespace) -> None:
     """Time every config and precision, then print the table. The matrix peak is measured before and after the
     runs and the higher of the two is used: on a shared machine a single reading may catch a busy moment."""
     systems = list(args.systems)
-    first = measure_peaks()
-    print(f"machine: {machine()}; denormals {args.denormals}, malloc {args.malloc}")
+    first = measure_peaks(args.device)
+    print(f"machine: {machine(args.device)}; denormals {args.denormals}, malloc {args.malloc}")
     results = []
     for cfg_name in args.config:
         for precision in args.precision:
@@ -124,13 +162,14 @@ def report(args: argparse.Namespace) -> None:
                 if ratios := sorted(round_ratios(wall, s)):  # the spread behind the median the table gives
                     print(f"  {cfg_name}/{precision} {s} over the round's fastest peer (wall), sorted: "
                           f"{', '.join(f'{r:.2f}' for r in ratios)}", file=sys.stderr)
-    second = measure_peaks()
+    second = measure_peaks(args.device)
     peaks = {k: (max(first[k][0], second[k][0]), max(first[k][1], second[k][1])) for k in first}
-    print("matmul peak (2048^3, best of 5, before and after), GFLOP/s per wall second | per CPU second: " + ", ".join(
+    print(f"matmul peak ({peak_size(args.device)}^3, best of 5, before and after), "
+          "GFLOP/s per wall second | per CPU second: " + ", ".join(
         f"{k} {w:.0f} | {c:.0f}" for k, (w, c) in peaks.items()))
     header = [
         "config", "precision", "system", "target tok/s (wall)", "ratio (wall)", "tok/CPU-s", "ratio (CPU)",
-        "MFU (wall)", "MFU (CPU)", "MFU (round peak)", "peak RSS MiB", "training RSS MiB",
+        "MFU (wall)", "MFU (CPU)", "MFU (round peak)", *memory_columns(args.device),
     ]
     rows = []
     for cfg_name, precision, s, wall, cpu, round_peaks, mem in results:
@@ -157,10 +196,13 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--adam", choices=["fused", "foreach", "loop"], default="fused", help="the same for every system")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default, one per core)")
-    ap.add_argument("--memory", action="store_true", help="also measure peak RSS, one fresh process per system")
+    ap.add_argument("--memory", action="store_true", help="also measure peak memory, one fresh process per system")
+    ap.add_argument("--device", default="cpu", help="cpu (default) or cuda[:N]")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     add_process_options(ap)
     args = ap.parse_args()
+    if torch.device(args.device).type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit(f"--device {args.device}: torch sees no CUDA device here")
     apply_process_options(args)
     if args.threads:
         torch.set_num_threads(args.threads)
