@@ -20,11 +20,12 @@ def test_train_then_eval_at_other_lengths(tmp_path: pathlib.Path, capsys: pytest
     assert (run / "config.json").is_file() and (run / "tokenizer.json").is_file()
     assert json.loads((run / "config.json").read_text())["data"]["task"] == "reverse"
     report = tmp_path / "eval.json"
-    assert main(["eval", str(run), "--lengths", "2,9", "--examples", "8", "--output", str(report)]) == 0
+    assert main(["eval", str(run), "--lengths", "2,9-10", "--examples", "8", "--output", str(report)]) == 0
     out = capsys.readouterr().out
     assert "checkpoint step 5" in out and "len9" in out
     doc = json.loads(report.read_text())
-    assert set(doc["evals"]) == {"len2", "len9"} and list(doc["evals"]["len9"]["exact_match_per_length"]) == ["9"]
+    assert set(doc["evals"]) == {"len2", "len9", "len10"}
+    assert list(doc["evals"]["len9"]["exact_match_per_length"]) == ["9"]
 
 
 def test_errors_exit_2(tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -48,6 +49,8 @@ def test_eval_options_a_run_cannot_use_are_refused(tmp_path: pathlib.Path, capsy
     capsys.readouterr()
     assert main(["eval", str(task), "--lengths", ",,"]) == 2  # fell back to the run's own sets
     assert "--lengths names no length: ',,'" in capsys.readouterr().err
+    assert main(["eval", str(task), "--lengths", "5,abc"]) == 2
+    assert "--lengths '5,abc': a length must be an integer or a range like 21-40, got 'abc'" in capsys.readouterr().err
 
 
 def test_eval_of_another_runs_checkpoint_says_the_data_differ(tmp_path: pathlib.Path,

@@ -65,3 +65,34 @@ def test_changed_optimizer_settings_are_reported(trained_run: pathlib.Path, tmp_
     logs: list[str] = []
     assert train(cfg, log=logs.append).step == 6
     assert any("changed setting, optim.lr: checkpoint 0.003, this run 0.001" in line for line in logs), logs
+
+
+def _groups(state_json: pathlib.Path) -> list[tuple[float, list[float], float]]:
+    import json
+
+    doc = json.loads(state_json.read_text())
+    return [(g["weight_decay"], list(g["betas"]), g["eps"]) for g in doc["optimizer"]["param_groups"]]
+
+
+def test_changed_optimizer_settings_take_effect(trained_run: pathlib.Path, tmp_path: pathlib.Path) -> None:
+    """The checkpoint's moments are kept; its hyperparameters give way to this run's (they used to be restored
+    over the new config, while the log said the change was applied)."""
+    run = copy_run(trained_run, tmp_path / "run")
+    cfg = tiny_config(run, steps=6)
+    cfg.optim.weight_decay, cfg.optim.beta1, cfg.optim.beta2, cfg.optim.eps = 0.5, 0.5, 0.9, 1e-3
+    logs: list[str] = []
+    assert train(cfg, log=logs.append).step == 6
+    assert any("changed setting, optim.weight_decay: checkpoint 0.01, this run 0.5" in line for line in logs), logs
+    assert _groups(run / "checkpoints" / "step_00000004" / "state.json") == [(0.01, [0.9, 0.98], 1e-9),
+                                                                             (0.0, [0.9, 0.98], 1e-9)]
+    assert _groups(run / "checkpoints" / "step_00000006" / "state.json") == [(0.5, [0.5, 0.9], 1e-3),
+                                                                             (0.0, [0.5, 0.9], 1e-3)]
+
+
+def test_optimizer_kind_may_change_on_resume(trained_run: pathlib.Path, tmp_path: pathlib.Path) -> None:
+    run = copy_run(trained_run, tmp_path / "run")
+    cfg = tiny_config(run, steps=6)
+    cfg.optim.name = "adam"
+    logs: list[str] = []
+    assert train(cfg, log=logs.append).step == 6
+    assert any("optim.name: checkpoint 'adamw', this run 'adam'" in line for line in logs), logs

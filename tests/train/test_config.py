@@ -26,6 +26,15 @@ def test_toml_round_trip(tmp_path: pathlib.Path) -> None:
     assert load_config_file(tmp_path / "c.toml") == cfg
 
 
+def test_toml_round_trip_of_any_text(tmp_path: pathlib.Path) -> None:
+    """Characters beyond U+FFFF (which JSON would write as a surrogate pair, refused by TOML), DEL, quotes,
+    backslashes and control characters come back as they were."""
+    cfg = RunConfig()
+    cfg.train.run_dir, cfg.data.path = "runs/\U0001F600 é", 'a"b\\c\td\x7fe\x01f'
+    (tmp_path / "c.toml").write_text(to_toml(cfg), encoding="utf-8")
+    assert load_config_file(tmp_path / "c.toml") == cfg
+
+
 def test_errors_name_the_setting(tmp_path: pathlib.Path) -> None:
     with pytest.raises(ValueError, match=r"model\.width.*valid: .*d_model"):
         run_config_from_dict({"model": {"width": 3}})

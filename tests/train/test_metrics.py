@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 import math
 import pathlib
 
@@ -73,3 +74,30 @@ def test_metrics_log_truncates_rows_after_a_step(tmp_path: pathlib.Path) -> None
     assert lines[0].startswith("step,split,loss") and [ln.split(",")[0] for ln in lines[1:]] == ["1", "2"]
     assert len((tmp_path / "metrics.jsonl").read_text().splitlines()) == 2
     assert (tmp_path / "eval_lengths.csv").read_text().splitlines()[1:] == ["1,out,5,4,0.25", "2,out,5,4,0.25"]
+
+
+def test_a_row_cut_short_is_dropped_on_resume(tmp_path: pathlib.Path) -> None:
+    """A process killed (or a disk filled) mid-append leaves a last line without its newline: resume drops it,
+    and the next row starts on a line of its own."""
+    log = MetricsLog(tmp_path)
+    for step in (1, 2):
+        log.log(step, "train", {"loss": 1.0 / step})
+    with open(tmp_path / "metrics.jsonl", "a") as f:
+        f.write('{"step": 3, "split": "tra')
+    with open(tmp_path / "metrics.csv", "a") as f:
+        f.write("3,train,0.3")
+    log.truncate_after(2)
+    log.log(3, "train", {"loss": 0.25})
+    assert [json.loads(ln)["step"] for ln in (tmp_path / "metrics.jsonl").read_text().splitlines()] == [1, 2, 3]
+    assert [ln.split(",")[:3] for ln in (tmp_path / "metrics.csv").read_text().splitlines()[1:]] == [
+        ["1", "train", "1.0"], ["2", "train", "0.5"], ["3", "train", "0.25"]]
+
+
+def test_a_line_that_is_no_row_is_named(tmp_path: pathlib.Path) -> None:
+    log = MetricsLog(tmp_path)
+    log.log(1, "train", {"loss": 1.0})
+    with open(tmp_path / "metrics.jsonl", "a") as f:
+        f.write("garbage\n")
+    log.log(2, "train", {"loss": 0.5})
+    with pytest.raises(ValueError, match=r"metrics.jsonl, line 2, is not a metrics row \('garbage'"):
+        log.truncate_after(1)

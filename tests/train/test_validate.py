@@ -35,6 +35,7 @@ def _cfg(tmp_path: pathlib.Path) -> RunConfig:
     (ValueError, "optim", "warmup_steps", -1, "optim.warmup_steps must be a finite number >= 0, got -1"),
     (ValueError, "optim", "beta2", 1.0, r"optim.beta2 must lie in \[0, 1\), got 1.0"),
     (ValueError, "train", "threads", -2, "train.threads .* must be a finite number >= 0, got -2"),
+    (ValueError, "train", "seed", -1, "train.seed must be a finite number >= 0, got -1"),
     (ValueError, "train", "keep_checkpoints", -1, "train.keep_checkpoints .* >= 0, got -1"),
     (ValueError, "train", "time_limit", -1.0, "train.time_limit .* >= 0, got -1.0"),
     (ValueError, "train", "parallel", "zero", "train.parallel must be one of 'ddp', 'fsdp'; got 'zero'"),

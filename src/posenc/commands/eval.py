@@ -26,7 +26,12 @@ def run(args: argparse.Namespace) -> int:
         if given and cfg.data.kind != "task":
             raise ValueError(f"{flag} applies to built-in tasks; this run trained on data.kind {cfg.data.kind!r}")
     if args.lengths:
-        cfg.eval.lengths = [int(n) for n in args.lengths.split(",") if n.strip()]
+        from .compare import parse_lengths
+
+        try:  # the same lengths and ranges as `posenc compare --test-lengths`, comma-separated
+            cfg.eval.lengths = parse_lengths([n.strip() for n in args.lengths.split(",") if n.strip()])
+        except ValueError as err:
+            raise ValueError(f"--lengths {args.lengths!r}: {err}") from None
         if not cfg.eval.lengths:
             raise ValueError(f"--lengths names no length: {args.lengths!r}")
     if args.examples:
@@ -51,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("eval", help="evaluate a run directory's checkpoint, optionally at other lengths")
     p.add_argument("run_dir", metavar="RUN_DIR")
-    p.add_argument("--lengths", help="task lengths to evaluate, comma-separated (e.g. 8,16,32,64)")
+    p.add_argument("--lengths", help="task lengths to evaluate, comma-separated, ranges allowed (e.g. 8,16,32-34)")
     p.add_argument("--examples", type=int, default=0, help="examples per evaluation set (default: the run's)")
     p.add_argument("--checkpoint", help="a checkpoint directory (default: the newest valid one)")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (default: cpu)")

@@ -141,6 +141,36 @@ def _optimizer_state_dict(tensors: dict[str, torch.Tensor], meta: dict[str, Any]
     return {"state": state, "param_groups": groups}
 
 
+def fitted_optimizer_state(tensors: dict[str, torch.Tensor], doc: dict[str, Any], model: nn.Module,
+                           optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+    """A checkpoint's optimizer state as ``optimizer``'s ``load_state_dict`` takes it: the per-parameter state
+    (moments, step counts) from the checkpoint, the hyperparameters (lr, betas, eps, weight decay) from
+    ``optimizer``, i.e. from this run's config, so that a resume with changed optimizer settings uses them.
+
+    The checkpoint numbers its parameters in the order of the optimizer that wrote it (``optim_config.name`` in
+    ``state.json``); they are matched to ``optimizer``'s by parameter, so Adam and AdamW (one group, or matrices
+    then the rest) can follow each other. A checkpoint without ``optim_config`` is taken to number them as
+    ``optimizer`` does."""
+    from .optim import parameter_order
+
+    saved = _optimizer_state_dict(tensors, doc["optimizer"])
+    ours = [p for g in optimizer.param_groups for p in g["params"]]
+    name = (doc.get("optim_config") or {}).get("name")
+    theirs = ours if name is None else parameter_order(model, name)
+    count = sum(len(g["params"]) for g in saved["param_groups"])
+    if count != len(ours) or len(theirs) != len(ours):
+        raise CheckpointError(f"the checkpoint's optimizer holds {count} parameters, this run's optimizer "
+                              f"({name or 'of the same kind'}) {len(ours)}")
+    index = {id(p): i for i, p in enumerate(ours)}
+    state = {index[id(theirs[int(i)])]: v for i, v in saved["state"].items()}
+    groups, start = [], 0
+    for g in optimizer.param_groups:
+        n = len(g["params"])
+        groups.append({**{k: v for k, v in g.items() if k != "params"}, "params": list(range(start, start + n))})
+        start += n
+    return {"state": state, "param_groups": groups}
+
+
 def _module_generators(model: Any) -> dict[str, torch.Generator]:
     """The generators modules own (``module.generator``), by module name: their draws are part of a run's state.
     ``model`` is a module or a gathered state's view of one (FSDP), which names its module as ``module``."""
@@ -342,7 +372,7 @@ def load_checkpoint(
     except (SafetensorError, RuntimeError) as err:
         raise CheckpointError(f"checkpoint {p} does not fit this model: {err}") from err
     if optimizer is not None:
-        optimizer.load_state_dict(_optimizer_state_dict(tensors, doc["optimizer"]))
+        optimizer.load_state_dict(fitted_optimizer_state(tensors, doc, model, optimizer))
     if restore_rng:
         _restore_rng(tensors, model, p)
     return doc

@@ -312,7 +312,9 @@ def _toml_value(v: Any) -> str:
     if isinstance(v, list):
         return "[" + ", ".join(_toml_value(x) for x in v) + "]"
     if isinstance(v, str):
-        return json.dumps(v)  # a JSON string is a valid TOML basic string
+        # a JSON string is a TOML basic string, but for two things: TOML takes no surrogate-pair escapes (so
+        # characters beyond U+FFFF stay literal) and wants DEL escaped (JSON escapes only U+0000-U+001F)
+        return json.dumps(v, ensure_ascii=False).replace("\x7f", "\\u007f")
     return repr(v)
 
 

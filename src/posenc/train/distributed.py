@@ -223,9 +223,9 @@ class Parallel:
         from safetensors.torch import load_file
         from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
 
-        from .checkpoint import _optimizer_state_dict
+        from .checkpoint import fitted_optimizer_state
 
-        full = _optimizer_state_dict(load_file(str(path / "trainer.safetensors")), doc["optimizer"])
+        full = fitted_optimizer_state(load_file(str(path / "trainer.safetensors")), doc, model, optimizer)
         names = _param_names(model, optimizer)
         osd = {"state": {names[i]: v for i, v in full["state"].items()},
                "param_groups": [{**g, "params": [names[i] for i in g["params"]]} for g in full["param_groups"]]}

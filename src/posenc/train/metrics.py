@@ -131,6 +131,21 @@ def _fmt(v: Any) -> str:
     return str(v)
 
 
+def _whole_lines(path: pathlib.Path) -> list[str]:
+    """The lines of ``path`` that end in a newline: every row an append finished."""
+    lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
+    return lines[:-1] if lines and not lines[-1].endswith("\n") else lines
+
+
+def _row_step(path: pathlib.Path, number: int, line: str, *, csv: bool) -> int:
+    """The step of a metrics row (line ``number`` of ``path``), or a ValueError naming the file and line."""
+    try:
+        return int(line.split(",", 1)[0]) if csv else int(json.loads(line)["step"])
+    except (ValueError, KeyError, TypeError) as err:
+        raise ValueError(f"{path}, line {number}, is not a metrics row ({line.strip()[:80]!r}: {err}); remove that "
+                         f"line, or the file, to resume") from None
+
+
 class MetricsLog:
     """Appends rows to ``metrics.csv``/``metrics.jsonl``/``eval_lengths.csv`` (and TensorBoard when asked)."""
 
@@ -151,15 +166,17 @@ class MetricsLog:
                 self._tb = SummaryWriter(log_dir=str(self.dir / "tensorboard"))
 
     def truncate_after(self, step: int) -> None:
-        """Drop every row logged after ``step`` (rows a killed run wrote past its last checkpoint)."""
+        """Drop every row logged after ``step`` (rows a killed run wrote past its last checkpoint), and a last line
+        cut short (no newline: the process died, or the disk filled, while appending it)."""
         for path in (self.csv, self.lengths):
             if path.is_file():
-                lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
-                kept = lines[:1] + [ln for ln in lines[1:] if int(ln.split(",", 1)[0]) <= step]
+                lines = _whole_lines(path)
+                kept = lines[:1] + [ln for i, ln in enumerate(lines[1:], 2)
+                                    if _row_step(path, i, ln, csv=True) <= step]
                 path.write_text("".join(kept), encoding="utf-8")
         if self.jsonl.is_file():
-            rows = [ln for ln in self.jsonl.read_text(encoding="utf-8").splitlines(keepends=True)
-                    if ln.strip() and json.loads(ln)["step"] <= step]
+            rows = [ln for i, ln in enumerate(_whole_lines(self.jsonl), 1)
+                    if ln.strip() and _row_step(self.jsonl, i, ln, csv=False) <= step]
             self.jsonl.write_text("".join(rows), encoding="utf-8")
 
     def _append_csv(self, path: pathlib.Path, header: Iterable[str], values: Iterable[Any]) -> None:

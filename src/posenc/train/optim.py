@@ -23,7 +23,7 @@ from torch import nn
 from .._checks import check_positive_number
 from .config import OptimConfig
 
-__all__ = ["build_optimizer", "build_schedule", "constant", "noam", "warmup_cosine"]
+__all__ = ["build_optimizer", "build_schedule", "constant", "noam", "parameter_order", "warmup_cosine"]
 
 Schedule = Callable[[int], float]
 
@@ -68,17 +68,30 @@ def build_schedule(cfg: OptimConfig, *, d_model: int, total_steps: int) -> Sched
     raise ValueError(f"optim.schedule must be one of 'noam', 'cosine', 'constant'; got {cfg.schedule!r}")
 
 
+def _param_groups(model: nn.Module, name: str) -> list[list[nn.Parameter]]:
+    """The parameter groups of optimizer ``name``: Adam one group; AdamW the matrices (decayed), then the rest."""
+    params = [p for p in model.parameters() if p.requires_grad]  # parameters() yields a tied tensor once
+    if name == "adam":
+        return [params]
+    if name == "adamw":
+        return [[p for p in params if p.dim() >= 2], [p for p in params if p.dim() < 2]]
+    raise ValueError(f"optim.name must be 'adam' or 'adamw', got {name!r}")
+
+
+def parameter_order(model: nn.Module, name: str) -> list[nn.Parameter]:
+    """The parameters in the order in which an optimizer ``name`` from :func:`build_optimizer` numbers them in its
+    state dict: what a checkpoint's optimizer state refers to by number."""
+    return [p for group in _param_groups(model, name) for p in group]
+
+
 def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer:
     """Adam or AdamW. AdamW decays matrices only: biases, norms' gains and 1-D tables are left alone (the usual
     practice since BERT and GPT-2, so that a norm's scale is not pulled toward zero)."""
     check_positive_number("optim.lr", cfg.lr)
-    params = [p for p in model.parameters() if p.requires_grad]  # parameters() yields a tied tensor once
+    groups = _param_groups(model, cfg.name)
     betas = (cfg.beta1, cfg.beta2)
     if cfg.name == "adam":
-        return torch.optim.Adam(params, lr=cfg.lr, betas=betas, eps=cfg.eps)
-    if cfg.name == "adamw":
-        decay = [p for p in params if p.dim() >= 2]
-        rest = [p for p in params if p.dim() < 2]
-        groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": rest, "weight_decay": 0.0}]
-        return torch.optim.AdamW(groups, lr=cfg.lr, betas=betas, eps=cfg.eps)
-    raise ValueError(f"optim.name must be 'adam' or 'adamw', got {cfg.name!r}")
+        return torch.optim.Adam(groups[0], lr=cfg.lr, betas=betas, eps=cfg.eps)
+    decay, rest = groups
+    return torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
+                              {"params": rest, "weight_decay": 0.0}], lr=cfg.lr, betas=betas, eps=cfg.eps)

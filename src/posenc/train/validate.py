@@ -37,6 +37,7 @@ def _check_train(cfg: RunConfig) -> None:
     check_choice("train.nonfinite", t.nonfinite, NONFINITE_POLICIES)
     check_choice("train.progress", t.progress, ("auto", "on", "off"))
     check_choice("train.parallel", t.parallel, PARALLEL_MODES)
+    _at_least("train.seed", t.seed, 0)  # NumPy's generators, which draw the batches, take no negative seed
     _at_least("train.threads (0 = torch's default)", t.threads, 0)
     _at_least("train.keep_checkpoints (0 = keep all)", t.keep_checkpoints, 0)
     _at_least("train.time_limit (0 = none)", t.time_limit, 0)
