@@ -139,8 +139,10 @@ def test_a_failed_evaluation_keeps_the_trained_weights(tmp_path: pathlib.Path) -
     with pytest.raises(ValueError, match="past the learned table"):
         train(cfg, log=_silent)
     model, _, _ = load_run(cfg.train.run_dir)  # the step-3 weights
-    assert json.loads((pathlib.Path(cfg.train.run_dir) / "checkpoints" / "step_00000003" / "state.json")
-                      .read_text())["step"] == 3
+    run = pathlib.Path(cfg.train.run_dir)
+    assert json.loads((run / "checkpoints" / "step_00000003" / "state.json").read_text())["step"] == 3
+    evals = [ln.split(",")[:2] for ln in (run / "metrics.csv").read_text().splitlines() if ",train," not in ln]
+    assert evals[1:] == [["3", "in_lengths"]]  # the set scored before the failing one is logged
 
 
 def test_a_fresh_start_drops_the_metric_rows_an_earlier_run_left(tmp_path: pathlib.Path) -> None:

@@ -193,10 +193,12 @@ def _update(s: _Setup, fwd: nn.Module, batches: list[Batch], lr: float) -> tuple
 
 
 def evaluate_sets(
-    model: nn.Module, dataset: Dataset, *, device: torch.device, precision: str, par: Parallel | None = None
+    model: nn.Module, dataset: Dataset, *, device: torch.device, precision: str, par: Parallel | None = None,
+    on_result: Callable[[str, EvalResult], None] | None = None,
 ) -> dict[str, EvalResult]:
     """Every evaluation set of ``dataset`` (plus its ``extra_metrics``, e.g. BLEU, when it has them); under
-    ``torchrun`` each rank scores a shard and the sums are reduced over ranks."""
+    ``torchrun`` each rank scores a shard and the sums are reduced over ranks. ``on_result(name, result)`` is
+    called as each set is done, so that the sets scored before one that fails are not lost."""
     out = {}
     for name in dataset.eval_names():
         if par is not None and par.active:
@@ -209,18 +211,21 @@ def evaluate_sets(
         if extra is not None:
             res.extra.update(extra(model, name, device=device, autocast=autocast_context(device, precision)))
         out[name] = res
+        if on_result is not None:
+            on_result(name, res)
     return out
 
 
 def _eval_and_log(
     s: _Setup, step: int, mlog: MetricsLog | SilentLog, elapsed: float, cpu: float
 ) -> dict[str, EvalResult]:
-    with memory_guard(step, s.run_dir):
-        results = evaluate_sets(s.model, s.dataset, device=s.device, precision=s.cfg.train.precision, par=s.par)
-    for name, res in results.items():
+    def log(name: str, res: EvalResult) -> None:
         mlog.log(step, name, {**res.row(), "elapsed_s": round(elapsed, 3), "cpu_s": round(cpu, 3)})
         mlog.log_lengths(step, name, res.per_length)
-    return results
+
+    with memory_guard(step, s.run_dir):
+        return evaluate_sets(s.model, s.dataset, device=s.device, precision=s.cfg.train.precision, par=s.par,
+                             on_result=log)
 
 
 def _eval_keeping_weights(
