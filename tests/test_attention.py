@@ -4,6 +4,8 @@ import pytest
 import torch
 
 from posenc.attention import MultiHeadAttention, build_mask, causal_blocked, scaled_dot_product_attention
+from posenc.cache import LayerCache
+from posenc.encodings import build
 
 
 def naive(q, k, v, blocked=None, added=None):
@@ -263,3 +265,42 @@ def test_value_term_encodings_attend_in_query_chunks_exactly(monkeypatch, padded
     torch.testing.assert_close(out2, out1, atol=1e-5, rtol=1e-5)
     for g2, g1 in zip(grads2, grads1):
         torch.testing.assert_close(g2, g1, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("spec", ["rope", "alibi", "xpos"])
+def test_cached_steps_without_positions_equal_the_causal_call(spec):
+    """Without positions a cached call's queries follow the cached keys, so decoding a two-token prompt and then
+    token by token equals the causal call over the whole sequence (every step used to be taken as position 0)."""
+    mha = MultiHeadAttention(d_model=16, num_heads=2, encoding=build(spec, num_heads=2, head_dim=8, causal=True))
+    mha.eval()
+    x = torch.randn(2, 6, 16)
+    with torch.no_grad():
+        full = mha(x, mask=build_mask(causal=True, batch=2, heads=2, q_len=6, k_len=6))
+        cache = LayerCache()
+        steps = [mha(x[:, :2], mask=build_mask(causal=True, batch=2, heads=2, q_len=2, k_len=2), cache=cache)]
+        steps += [mha(x[:, t : t + 1], cache=cache) for t in range(2, 6)]
+    torch.testing.assert_close(torch.cat(steps, 1), full, atol=1e-5, rtol=1e-5)
+
+
+def test_positions_that_do_not_match_the_queries_or_keys_are_named():
+    """A wrong length used to fail inside the encoding with an unnamed shape error."""
+    mha = MultiHeadAttention(d_model=16, num_heads=2, encoding=build("rope", head_dim=8))
+    x = torch.randn(1, 5, 16)
+    with pytest.raises(ValueError, match=r"q_pos holds 3 positions \(shape \(3,\)\) but the query length is 5"):
+        mha(x, q_pos=torch.arange(3))
+    cache = LayerCache()
+    mha(x[:, :2], cache=cache)
+    with pytest.raises(ValueError, match=r"k_pos holds 5 positions \(shape \(5,\)\) but there are 7 keys "
+                                         r"\(2 cached \+ 5 new\)"):
+        mha(x, q_pos=torch.arange(2, 7), cache=cache)  # the cached keys' positions are missing
+
+
+@pytest.mark.parametrize("num_heads, err, message", [
+    (0, ValueError, "num_heads must be positive, got 0"),
+    (-2, ValueError, "num_heads must be positive, got -2"),
+    (2.0, TypeError, "num_heads must be an int, got float 2.0"),
+])
+def test_num_heads_must_be_a_positive_int(num_heads, err, message):
+    """num_heads=0 used to be a ZeroDivisionError in the divisibility test."""
+    with pytest.raises(err, match=message):
+        MultiHeadAttention(d_model=8, num_heads=num_heads)

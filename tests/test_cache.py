@@ -241,3 +241,37 @@ def test_a_float_key_padding_mask_with_a_cache_is_refused_not_dropped():
             stack(x, src_key_padding_mask=float_pad, cache=stack.new_cache())
         cached = stack(x, src_key_padding_mask=float_pad.isneginf(), cache=stack.new_cache())
         torch.testing.assert_close(cached[0, 2:], stack(x, src_key_padding_mask=float_pad)[0, 2:], **TOL)
+
+
+@pytest.mark.parametrize("encoding", ["sinusoidal", "rope", "alibi"])
+def test_steps_without_positions_continue_from_an_explicitly_positioned_prompt(encoding):
+    """After a prompt at positions 10, 11, 12 the next tokens are at 13, 14, 15 (they were at 3, 4, 5: the count
+    of cached tokens), so cached decoding equals the uncached forward at positions 10..15."""
+    stack = TransformerEncoder(d_model=16, nhead=2, num_layers=2, dim_feedforward=32, dropout=0.0,
+                               positional_encoding=encoding, causal=True).eval()
+    x, pos = torch.randn(2, 6, 16), torch.arange(10, 16)
+    with torch.no_grad():
+        cache = stack.new_cache()
+        got = [stack(x[:, :3], positions=pos[:3], cache=cache)]
+        got += [stack(x[:, t : t + 1], cache=cache) for t in range(3, 6)]
+        assert cache.positions.tolist() == [list(range(10, 16))] * 2
+        torch.testing.assert_close(torch.cat(got, 1), stack(x, positions=pos), **TOL)
+
+
+def test_each_left_padded_row_continues_from_its_own_last_position():
+    """Row 0 is two pads then tokens at 10, 11, 12; row 1 tokens at 20..24. Steps without positions (with an
+    all-real padding mask or none) continue each row after its last real token and match the row alone."""
+    stack = TransformerEncoder(d_model=16, nhead=2, num_layers=2, dim_feedforward=32, dropout=0.0,
+                               positional_encoding="sinusoidal", causal=True).eval()
+    x = torch.randn(2, 8, 16)
+    pad = torch.tensor([[True, True, False, False, False], [False] * 5])
+    pos = torch.tensor([[0, 0, 10, 11, 12], [20, 21, 22, 23, 24]])
+    with torch.no_grad():
+        cache = stack.new_cache()
+        stack(x[:, :5], src_key_padding_mask=pad, positions=pos, cache=cache)
+        steps = [stack(x[:, 5:6], src_key_padding_mask=torch.zeros(2, 1, dtype=torch.bool), cache=cache)]
+        steps += [stack(x[:, t : t + 1], cache=cache) for t in (6, 7)]
+        assert cache.positions[:, 5:].tolist() == [[13, 14, 15], [25, 26, 27]]
+        for row, (first, start) in enumerate([(2, 10), (0, 20)]):
+            alone = stack(x[row : row + 1, first:], positions=torch.arange(start, start + 8 - first))
+            torch.testing.assert_close(torch.cat(steps, 1)[row], alone[0, -3:], **TOL)

@@ -162,3 +162,17 @@ def test_memory_is_causal_is_a_hint_with_a_mask_and_refused_with_a_cache():
     memory = ours.encoder(src)
     with pytest.raises(ValueError, match="memory_is_causal with a cache"):
         ours.decoder(tgt[:, :1], memory, memory_is_causal=True, cache=ours.decoder.new_cache())
+
+
+def test_a_shared_absolute_encoding_embeds_at_its_first_layer_only():
+    """["sinusoidal", "none", "sinusoidal"] builds one module for layers 0 and 2: it is added once, at layer 0,
+    as with ["sinusoidal", "none", "none"] (it was added again at layer 2). A distinct one embeds at its layer."""
+    kw = dict(d_model=16, nhead=2, num_layers=3, dim_feedforward=32, dropout=0.0)
+    shared = TransformerEncoder(positional_encoding=["sinusoidal", "none", "sinusoidal"], **kw).eval()
+    once = TransformerEncoder(positional_encoding=["sinusoidal", "none", "none"], **kw).eval()
+    once.load_state_dict(shared.state_dict())
+    assert shared.embed_at == [0]
+    x = torch.randn(2, 5, 16)
+    torch.testing.assert_close(shared(x), once(x), rtol=0, atol=0)
+    distinct = TransformerEncoder(positional_encoding=["sinusoidal", "none", "sinusoidal:base=5000"], **kw)
+    assert distinct.embed_at == [0, 2]

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ._checks import check_rank
+from ._checks import check_positive_int, check_rank
 from .cache import LayerCache
 from .dropout import fast_dropout, representable
 from .encodings.base import PositionalEncoding
@@ -184,6 +184,8 @@ class MultiHeadAttention(nn.Module):
         encoding: PositionalEncoding | None = None,
     ) -> None:
         super().__init__()
+        check_positive_int("num_heads", num_heads)  # before the divisibility test, which would divide by it
+        check_positive_int("d_model", d_model)
         if d_model % num_heads:
             raise ValueError(f"d_model={d_model} is not divisible by num_heads={num_heads}")
         if not 0.0 <= dropout <= 1.0:
@@ -307,6 +309,31 @@ class MultiHeadAttention(nn.Module):
             outs.append(out)
         return torch.cat(outs, dim=-2)  # (B, H, Tq, Dh)
 
+    @staticmethod
+    def _self_positions(
+        x: Tensor, q_pos: Tensor | None, k_pos: Tensor | None, cache: LayerCache | None
+    ) -> tuple[Tensor, Tensor]:
+        """Self-attention's query and key positions, checked against the query and key counts.
+
+        By default the queries follow the cached keys, ``arange(L, L + Tq)``, and the keys are all of them,
+        ``arange(L + Tq)``, so that decoding token by token over a cache without positions equals the causal call
+        over the whole sequence (positions from 0 at every step would place each token at position 0).
+        """
+        tq, cached = x.shape[1], (0 if cache is None else cache.self_kv.length)
+        if q_pos is None:
+            q_pos = torch.arange(cached, cached + tq, device=x.device)
+            if k_pos is None:
+                k_pos = torch.arange(cached + tq, device=x.device)
+        if k_pos is None:
+            k_pos = q_pos
+        if q_pos.shape[-1] != tq:
+            raise ValueError(f"q_pos holds {q_pos.shape[-1]} positions (shape {tuple(q_pos.shape)}) but the query "
+                             f"length is {tq}")
+        if k_pos.shape[-1] != cached + tq:
+            raise ValueError(f"k_pos holds {k_pos.shape[-1]} positions (shape {tuple(k_pos.shape)}) but there are "
+                             f"{cached + tq} keys ({cached} cached + {tq} new)")
+        return q_pos, k_pos
+
     def forward(
         self,
         x: Tensor,
@@ -318,17 +345,15 @@ class MultiHeadAttention(nn.Module):
         cache: LayerCache | None = None,
     ) -> Tensor:
         """``x`` ``(B, Tq, D)`` -> ``(B, Tq, D)``. ``q_pos`` are the queries' positions; ``k_pos`` those of
-        every key (cached ones included). With a cache, new keys and values are appended to it."""
+        every key (cached ones included); by default they continue from the cache (see ``_self_positions``).
+        With a cache, new keys and values are appended to it."""
         p = self.dropout if self.training else 0.0
         if self._packs(x, memory, mask, cache, p):
             return self.out_proj(self._packed(x, memory, mask, p))
         q, k, v = self._project(x, memory, cache)
         enc = self.encoding
         if not self.cross:
-            if q_pos is None:
-                q_pos = torch.arange(x.shape[1], device=x.device)
-            if k_pos is None:
-                k_pos = q_pos
+            q_pos, k_pos = self._self_positions(x, q_pos, k_pos, cache)
             if cache is not None and enc.rotate_after_cache:
                 k, v = cache.self_kv.append(k, v)  # cache keys before rotation, rotate them all now
                 q, k = enc.rotate(q, k, q_pos, k_pos)

@@ -3,9 +3,9 @@
 Each self-attention layer keeps its keys and values in a preallocated buffer that doubles when full, so
 appending T tokens one at a time costs O(T) copies and O(log T) reallocations in all, not O(T^2). A stack
 keeps, beside its layers' buffers, the positions and the padding of every cached token (in buffers grown the
-same way) and a running count of each sequence's real tokens: positions come from the cache, so they stay
-right under left padding and per-sequence lengths. Cross-attention keys and values are computed once per
-source and kept as they are.
+same way) and each sequence's next position (its last real token's + 1): positions come from the cache, so
+they stay right under left padding, per-sequence lengths and a prompt given explicit positions.
+Cross-attention keys and values are computed once per source and kept as they are.
 
 Encodings whose rotation depends on the current length (dynamic NTK) set ``rotate_after_cache``: attention
 then stores their keys *before* rotation and rotates every cached key again at each step, with the scale of
@@ -140,7 +140,7 @@ class StackCache:
     layers: list[LayerCache]
     _positions: GrowingBuffer = field(default_factory=lambda: GrowingBuffer(dim=1), repr=False)
     _padding: GrowingBuffer = field(default_factory=lambda: GrowingBuffer(dim=1), repr=False)
-    _seen: Tensor | None = field(default=None, repr=False)  # (B, 1) long: real tokens cached per sequence
+    _next: Tensor | None = field(default=None, repr=False)  # (B, 1) long: each sequence's last real position + 1
     has_padding: bool = False  # whether any cached token is padding
     #: (source padding tensor, (batch, queries, keys), its cross-attention mask): a decoder reuses the mask
     #: while it is handed the very same padding tensor; a reorder that touches the sources drops it.
@@ -175,18 +175,19 @@ class StackCache:
         return self._padding.view()
 
     def next_positions(self, padding: Tensor | None, batch: int, length: int, device: torch.device) -> Tensor:
-        """Positions of ``length`` new tokens: each sequence counts only its real (non-padding) tokens."""
+        """Positions of ``length`` new tokens: each sequence continues from its last real (non-padding) cached
+        token's position -- not from the count of its tokens, which differs after a prompt given explicit
+        positions -- and counts only its real new tokens."""
         if padding is None:
             steps = torch.arange(length, device=device)  # (T,)
-            return steps.expand(batch, length) if self._seen is None else self._seen + steps  # (B, T)
-        seen = 0 if self._seen is None else self._seen
-        return (seen + (~padding).long().cumsum(dim=1) - 1).clamp(min=0)  # (B, T)
+            return steps.expand(batch, length) if self._next is None else self._next + steps  # (B, T)
+        start = 0 if self._next is None else self._next
+        return (start + (~padding).long().cumsum(dim=1) - 1).clamp(min=0)  # (B, T)
 
     def extend(self, positions: Tensor, padding: Tensor | None) -> tuple[Tensor, Tensor | None]:
         """Record new tokens' positions and padding; return those of every key, new ones included."""
         batch, length = positions.shape
-        real = length if padding is None else (~padding).long().sum(dim=1, keepdim=True)  # (B, 1)
-        self._seen = (torch.zeros(batch, 1, dtype=torch.long, device=positions.device) if self._seen is None else self._seen) + real
+        self._next = self._continued(positions, padding)
         if padding is None:
             padding = torch.zeros(batch, length, dtype=torch.bool, device=positions.device)
         elif not self.has_padding:
@@ -194,6 +195,19 @@ class StackCache:
         k_pos = self._positions.append(positions)
         k_pad = self._padding.append(padding)
         return k_pos, (k_pad if self.has_padding else None)
+
+    def _continued(self, positions: Tensor, padding: Tensor | None) -> Tensor:
+        """``(B, 1)``: each sequence's last real position + 1 once ``positions`` ``(B, T)`` are cached; a sequence
+        with no real new token keeps its value (0 before any)."""
+        batch, length = positions.shape
+        before = torch.zeros(batch, 1, dtype=torch.long, device=positions.device) if self._next is None else self._next
+        if length == 0:
+            return before
+        if padding is None:
+            return positions[:, -1:] + 1
+        real = (~padding).long()
+        last = real.cumsum(dim=1).argmax(dim=1, keepdim=True)  # (B, 1): the first index of the top count, the last real
+        return torch.where(real.any(dim=1, keepdim=True), positions.gather(1, last) + 1, before)
 
     def reorder(self, index: Tensor, *, cross: bool = True) -> None:
         """Keep batch rows ``index`` of every buffer (see :meth:`LayerCache.reorder` for ``cross``)."""
@@ -203,5 +217,5 @@ class StackCache:
             self.memory_mask = None
         self._positions.select_rows(index)
         self._padding.select_rows(index)
-        if self._seen is not None:
-            self._seen = self._seen.index_select(0, index)
+        if self._next is not None:
+            self._next = self._next.index_select(0, index)

@@ -97,8 +97,9 @@ class _Stack(nn.Module):
         check_positive_int("num_layers", num_layers)
         check_divisible("d_model", d_model, "nhead", nhead)
         encs = build_per_layer(spec, num_layers, d_model=d_model, num_heads=nhead, head_dim=d_model // nhead, causal=causal)
-        # An absolute encoding acts on the input of the first layer that holds it.
-        self.embed_at = [i for i, e in enumerate(encs) if e.uses_embed and (i == 0 or e is not encs[i - 1])]
+        # An absolute encoding acts on the input of the first layer that holds it, once: a module shared by
+        # layers that are not adjacent (["sinusoidal", "none", "sinusoidal"] builds one) is not added again.
+        self.embed_at = [i for i, e in enumerate(encs) if e.uses_embed and all(e is not encs[j] for j in range(i))]
         for i in self.embed_at:
             if i > 0 and encs[i].input_width(d_model) != d_model:
                 raise ValueError(f"layer {i}: an encoding that changes the width ({encs[i].name}, concat) must be in layer 0")
@@ -123,7 +124,7 @@ class _Stack(nn.Module):
                 continue
             if enc.uses_prepare_positions:
                 kp = enc.prepare_positions(k_pos)
-                out[id(enc)] = (kp[..., -q_pos.shape[-1]:], kp)
+                out[id(enc)] = (kp[..., kp.shape[-1] - q_pos.shape[-1]:], kp)  # the last Tq (none when Tq = 0)
             else:
                 out[id(enc)] = (q_pos, k_pos)
         return out

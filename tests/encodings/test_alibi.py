@@ -62,3 +62,15 @@ def test_cached_per_shape_and_batched_positions():
     torch.testing.assert_close(bb[0], a)
     assert float(bb[1, 0, 3, 2]) == pytest.approx(-(1 / 16) * 4)  # n=2 slopes: 1/16, 1/256
     assert math.isclose(float(bb[1, 1, 3, 0]), -(1 / 256) * 9)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_bias_is_exact_after_a_round_trip_through_half_precision(dtype):
+    """With 12 heads some slopes are 2^(-k/2), which half precision rounds: ``.half().float()`` used to leave the
+    slopes, and the biases cached meanwhile, rounded (~8e-5)."""
+    enc, fresh, pos = build("alibi", num_heads=12), build("alibi", num_heads=12), torch.arange(50)
+    enc.to(dtype)
+    enc.bias(pos, pos)
+    enc.float()
+    torch.testing.assert_close(enc.slopes, fresh.slopes, rtol=0, atol=0)
+    torch.testing.assert_close(enc.bias(pos, pos), fresh.bias(pos, pos), rtol=0, atol=0)

@@ -1,3 +1,5 @@
+import re
+
 import pytest
 import torch
 
@@ -106,3 +108,40 @@ def test_content_bias_hook_is_added_to_the_logits():
     logits = plain.last_weights.log()
     logits[..., 0] += q.sum(-1)
     torch.testing.assert_close(attn.last_weights, logits.softmax(-1), atol=1e-5, rtol=1e-5)
+
+
+BOOLEAN_WORDS = "(true/false, 1/0, yes/no, on/off, any case)"
+
+
+@pytest.mark.parametrize("spec, context, option, word", [
+    ("alibi:causal=flase", {"num_heads": 4}, "causal", "flase"),
+    ("shaw:values=nope", {"head_dim": 8}, "values", "nope"),
+    ("sinusoidal:scale_input=no thanks", {"d_model": 8}, "scale_input", "no thanks"),
+])
+def test_a_misspelled_boolean_in_a_spec_is_named(spec, context, option, word):
+    """The word used to be passed on as a string, which is truthy: causal=flase built a causal encoding."""
+    message = f"option '{option}' in encoding spec '{spec}' must be a boolean {BOOLEAN_WORDS}, got '{word}'"
+    with pytest.raises(ValueError, match=re.escape(message)):
+        build(spec, **context)
+
+
+def test_boolean_words_in_a_spec_are_read_in_any_case():
+    assert build("alibi:causal=Off", num_heads=4).causal is False
+    assert build("shaw:values=NO", head_dim=8).values is False
+    assert build("sinusoidal:scale_input=yes", d_model=16).scale == 4.0
+
+
+@pytest.mark.parametrize("spec, context, message", [
+    ("rope:base=abc", {"head_dim": 8}, "option 'base' in encoding spec 'rope:base=abc' must be a number, got 'abc'"),
+    ("alibi:num_heads=four", {}, "option 'num_heads' in encoding spec 'alibi:num_heads=four' must be an int, "
+                                 "got 'four'"),
+    ("rope:scaling=linear,factor=2,original_max_len=1.5", {"head_dim": 8},
+     "option 'original_max_len' in encoding spec 'rope:scaling=linear,factor=2,original_max_len=1.5' must be an int, "
+     "got '1.5'"),
+    ("randomized:seed=abc", {"head_dim": 8},
+     "option 'seed' in encoding spec 'randomized:seed=abc' must be an int, got 'abc'"),
+])
+def test_an_unreadable_number_in_a_spec_is_named(spec, context, message):
+    """``rope:base=abc`` used to reach the constructor as text and fail there with an unnamed TypeError."""
+    with pytest.raises(ValueError, match=re.escape(message)):
+        build(spec, **context)

@@ -145,3 +145,23 @@ def test_randomized_training_changes_positions_eval_does_not():
     torch.testing.assert_close(lm(ids), plain(ids))
     lm.train()
     assert not torch.allclose(lm(ids), plain(ids), atol=1e-4)
+
+
+@pytest.mark.parametrize("spec", ["fire", "fire:causal=false", "xpos", "randomized", "randomized:inner=fire"])
+@pytest.mark.parametrize("mode", ["eval", "train"])
+def test_an_empty_input_gives_an_empty_output(spec, mode):
+    """T = 0 gives (B, 0, D) as in every other family, alone and as a cached step; the empty step leaves the cache
+    as it was (in eval, the next step equals the uncached forward). FIRE and xPos took the max of no positions,
+    and randomized's empty slice of key positions took all of them."""
+    stack = TransformerEncoder(d_model=16, nhead=2, num_layers=2, dim_feedforward=32, dropout=0.0,
+                               positional_encoding=spec, causal=True)
+    getattr(stack, mode)()
+    x = torch.randn(2, 5, 16)
+    with torch.no_grad():
+        assert stack(x[:, :0]).shape == (2, 0, 16)
+        cache = stack.new_cache()
+        stack(x[:, :3], cache=cache)
+        assert stack(x[:, 3:3], cache=cache).shape == (2, 0, 16)
+        rest = stack(x[:, 3:], cache=cache)
+        if mode == "eval":
+            torch.testing.assert_close(rest, stack(x)[:, 3:], atol=1e-5, rtol=1e-5)

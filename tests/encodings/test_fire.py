@@ -79,3 +79,17 @@ def test_a_cast_module_computes_in_its_dtype(dtype, causal, threshold):
     assert got.dtype == dtype
     tol = dict(atol=1e-6, rtol=1e-6) if dtype == torch.float64 else dict(atol=0.05, rtol=0.05)
     torch.testing.assert_close(got.float(), want, **tol)
+
+
+@pytest.mark.parametrize("kw, message", [
+    ({"init_c": float("nan")}, "init_c must be a finite number > 0, got nan"),
+    ({"init_c": float("inf")}, "init_c must be a finite number > 0, got inf"),
+    ({"init_c": 0.0}, "init_c must be a finite number > 0, got 0.0"),
+    ({"init_threshold": float("nan")}, "init_threshold must be a finite number >= 1, got nan"),
+    ({"init_threshold": float("inf")}, "init_threshold must be a finite number >= 1, got inf"),
+    ({"init_threshold": 0.5}, "init_threshold must be a finite number >= 1, got 0.5"),
+])
+def test_a_bad_init_value_is_named(kw, message):
+    """NaN fails every comparison, so ``init_c <= 0`` let it through (and every bias became NaN)."""
+    with pytest.raises(ValueError, match=message):
+        build("fire", num_heads=2, **kw)

@@ -75,3 +75,14 @@ def test_an_inner_table_shorter_than_the_sampled_range_is_refused_when_built():
         build("randomized:inner=learned", d_model=8)
     assert build("randomized:inner=(learned:max_len=2048)", d_model=8).max_len == 2048
     assert build("randomized:inner=learned,max_len=1024", d_model=8).max_len == 1024
+
+
+@pytest.mark.parametrize("seed, err, message", [
+    ("abc", TypeError, "seed must be an int, got str 'abc'"),
+    (1.5, TypeError, "seed must be an int, got float 1.5"),
+    (2**64, ValueError, r"seed must lie in \[-2\*\*63, 2\*\*64\), got 18446744073709551616"),
+])
+def test_a_bad_seed_is_named(seed, err, message):
+    """The generator raised an unnamed RuntimeError."""
+    with pytest.raises(err, match=message):
+        Randomized(inner="rope", head_dim=8, seed=seed)

@@ -1,3 +1,4 @@
+import copy
 import math
 
 import pytest
@@ -6,6 +7,7 @@ import torch
 from posenc.attention import MultiHeadAttention
 from posenc.encodings import RoPE, apply_rotary, build, convert_rope_layout
 from posenc.encodings.rotary import rope_layout_permutation
+from posenc.stacks import TransformerEncoder
 
 
 def _rotation_reference(x: torch.Tensor, pos: int, base: float = 10000.0) -> torch.Tensor:
@@ -175,3 +177,31 @@ def test_ntk_scalings_need_a_rotary_width_above_two(scaling):
     with pytest.raises(ValueError, match=message):
         RoPE(head_dim=8, fraction=0.25, scaling=scaling, factor=2.0)
     RoPE(head_dim=8, fraction=0.5, scaling=scaling, factor=2.0)  # R = 4 is fine
+
+
+@pytest.mark.parametrize("spec", ["rope", "rope:scaling=dynamic,factor=2,original_max_len=4", "xpos", "sinusoidal"])
+def test_training_after_an_inference_mode_pass_gets_the_same_gradients(spec):
+    """Tables cached during an evaluation under inference_mode are inference tensors, which autograd cannot save for
+    backward: a training step after such a pass used to raise. Its gradients equal those of a model that never
+    evaluated. (The 8 tokens pass the dynamic scaling's trained length of 4, so its own tables are used.)"""
+    model = TransformerEncoder(d_model=16, nhead=2, num_layers=2, dim_feedforward=32, dropout=0.0,
+                               positional_encoding=spec, causal=True)
+    twin = copy.deepcopy(model)
+    x = torch.randn(2, 8, 16)
+    with torch.inference_mode():
+        model.eval()(x)
+    for m in (model, twin):
+        m.train()(x).pow(2).sum().backward()
+    for (name, p), q in zip(model.named_parameters(), twin.parameters()):
+        torch.testing.assert_close(p.grad, q.grad, rtol=0, atol=0, msg=name)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_tables_are_exact_after_a_round_trip_through_half_precision(dtype):
+    """A conversion empties the tables, so ``.to(dtype).float()`` leaves them as computed, not rounded to dtype
+    (a table cast to float16 and back was off by ~2e-4)."""
+    enc, pos = RoPE(head_dim=16), torch.arange(300)
+    want = [t.clone() for t in enc.cos_sin(pos)]
+    enc.to(dtype).float()
+    for got, expected in zip(enc.cos_sin(pos), want):
+        torch.testing.assert_close(got, expected, rtol=0, atol=0)

@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from posenc.encodings import Sinusoidal, build
+from posenc.encodings.sinusoidal import sinusoidal_table
 from posenc.reference import positional_encoding
 
 
@@ -76,3 +77,17 @@ def test_bad_options():
         Sinusoidal(d_model=8).encode(torch.tensor([-1, 0]))
     with pytest.raises(TypeError, match="integer"):
         Sinusoidal(d_model=8).encode(torch.tensor([0.5]))
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("call_in_between", [False, True])
+def test_table_is_exact_after_a_round_trip_through_half_precision(dtype, call_in_between):
+    """``model.half()`` then ``.float()`` (with or without a call in between) leaves the float32 table exact; it
+    stayed rounded to the lower precision (off by ~2e-3)."""
+    enc, pos = Sinusoidal(d_model=64), torch.arange(300)
+    enc.encode(pos)
+    enc.to(dtype)
+    if call_in_between:
+        enc.encode(pos)
+    enc.float()
+    torch.testing.assert_close(enc.encode(pos), sinusoidal_table(300, 64), rtol=0, atol=0)

@@ -24,7 +24,7 @@ from torch import Tensor
 
 from .._checks import check_positive_int
 from ._relative import RangeCache, relative_distance
-from .base import PositionalEncoding, register
+from .base import PositionalEncoding, kept_dtype, register
 
 __all__ = ["ALiBi", "alibi_slopes"]
 
@@ -52,6 +52,12 @@ class ALiBi(PositionalEncoding):
         super().__init__()
         self.num_heads, self.causal = num_heads, bool(causal)
         self.register_buffer("slopes", alibi_slopes(num_heads).float(), persistent=False)
+        self._cache = RangeCache()
+
+    def _after_conversion(self) -> None:
+        """The slopes made again: ``.half().float()`` would leave them rounded (2^(-k/2) is not a float16
+        number). Biases cached before the conversion are dropped with them."""
+        self.slopes = alibi_slopes(self.num_heads).to(device=self.slopes.device, dtype=kept_dtype(self.slopes.dtype))
         self._cache = RangeCache()
 
     def _compute(self, q_pos: Tensor, k_pos: Tensor) -> Tensor:

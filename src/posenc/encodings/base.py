@@ -37,6 +37,8 @@ __all__ = [
     "PositionalEncoding",
     "build",
     "build_per_layer",
+    "kept_dtype",
+    "made_for_inference_only",
     "names",
     "options",
     "parse_layers",
@@ -50,6 +52,18 @@ CONTEXT_KEYS = frozenset({"d_model", "num_heads", "head_dim", "causal"})
 _REGISTRY: dict[str, type[PositionalEncoding]] = {}
 
 
+def made_for_inference_only(t: Tensor) -> bool:
+    """Whether ``t`` was made under ``torch.inference_mode()`` and that mode is now off: autograd cannot save such
+    a tensor for backward, so a table cached during an evaluation pass must be rebuilt before it serves training."""
+    return t.is_inference() and not torch.is_inference_mode_enabled()
+
+
+def kept_dtype(converted: torch.dtype) -> torch.dtype:
+    """The dtype a constant buffer is kept in once a conversion made it ``converted``: float64 stays, anything else
+    is float32 (a half-precision copy would round it)."""
+    return torch.float64 if converted == torch.float64 else torch.float32
+
+
 class PositionalEncoding(nn.Module):
     """Base class of every encoding; on its own it is NoPE (no positional information at all)."""
 
@@ -57,6 +71,24 @@ class PositionalEncoding(nn.Module):
     #: True when attention must store keys *before* ``rotate`` and re-rotate the whole cache each step
     #: (encodings whose rotation depends on the current length, e.g. dynamic NTK).
     rotate_after_cache: ClassVar[bool] = False
+    #: Non-persistent buffers computed from a formula and rebuilt on demand (sin/cos tables). A conversion
+    #: (``.to``, ``.half()``, ``.float()``, ``.cuda()``) empties them: cast to half and back they would keep
+    #: half's rounding, while an empty one is computed again, exactly, at the next call.
+    rebuilt_buffers: ClassVar[tuple[str, ...]] = ()
+
+    def _apply(self, fn: Callable[[Tensor], Tensor], recurse: bool = True) -> PositionalEncoding:
+        """Every conversion goes through here: empty ``rebuilt_buffers``, convert, then ``_after_conversion``."""
+        for name in self.rebuilt_buffers:
+            old = getattr(self, name)
+            setattr(self, name, torch.empty((0, *old.shape[1:]), dtype=old.dtype, device=old.device))
+        out = super()._apply(fn, recurse)
+        self._after_conversion()
+        return out
+
+    def _after_conversion(self) -> None:
+        """Make again, on their new device, the small constant buffers a conversion may have rounded (a round trip
+        through half precision would leave them rounded): in float64 after ``.double()``, else float32 (see
+        :func:`kept_dtype`). Nothing here."""
 
     # -- the three hooks ---------------------------------------------------------------------------------
     def embed(self, x: Tensor, positions: Tensor) -> Tensor:
@@ -178,26 +210,29 @@ def options(name: str) -> dict[str, Any]:
     return {k: (None if p.default is p.empty else p.default) for k, p in params.items() if k not in CONTEXT_KEYS}
 
 
-def _coerce(value: str, hint: Any) -> Any:
-    """Turn the text of a spec option into the type the constructor declares."""
+def _coerce(value: str, hint: Any, option: str = "?", spec: str = "?") -> Any:
+    """Turn the text of a spec option into the type the constructor declares.
+
+    Text that none of the declared types accepts is a ValueError here: passed on as a string, a misspelled
+    boolean (``causal=flase``) would be truthy, and a number's constructor check would fail without its name.
+    """
     low = value.strip().lower()
     if low in ("none", "null"):
         return None
     args = typing.get_args(hint) or (hint,)
     if bool in args and (truth := bool_word(value)) is not None:
         return truth
-    if int in args:
-        try:
-            return int(value)
-        except ValueError:
-            pass
-    if float in args:
-        try:
-            return float(value)
-        except ValueError:
-            pass
+    for kind in (int, float):
+        if kind in args:
+            try:
+                return kind(value)
+            except ValueError:
+                pass
     if str in args or typing.get_origin(hint) is typing.Literal:
         return value.strip()
+    wanted = [kind for kind in (bool, int, float) if kind in args]
+    if wanted:
+        raise ValueError(_unreadable(value, wanted, option, spec))
     # Unannotated or unusual: best effort.
     for conv in (int, float):
         try:
@@ -205,6 +240,13 @@ def _coerce(value: str, hint: Any) -> Any:
         except ValueError:
             continue
     return value.strip()
+
+
+def _unreadable(value: str, wanted: list[type], option: str, spec: str) -> str:
+    """The message for option text that none of the ``wanted`` types reads."""
+    kinds = {bool: "a boolean (true/false, 1/0, yes/no, on/off, any case)", int: "an int", float: "a number"}
+    return (f"option {option!r} in encoding spec {spec!r} must be {' or '.join(kinds[k] for k in wanted)}, "
+            f"got {value.strip()!r}")
 
 
 def parse_spec(spec: str) -> tuple[str, dict[str, Any]]:
@@ -228,7 +270,7 @@ def parse_spec(spec: str) -> tuple[str, dict[str, Any]]:
         if value.startswith("(") and value.endswith(")"):
             opts[key] = value[1:-1].strip()  # a nested spec, kept as text
         else:
-            opts[key] = _coerce(value, hints.get(key))
+            opts[key] = _coerce(value, hints.get(key), key, spec)
     return name.strip(), opts
 
 

@@ -24,11 +24,13 @@ Legend: B batch, H heads, Tq / Tk query / key length, N distinct distances.
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .._checks import check_positive_int
+from .._checks import check_positive_int, check_positive_number
 from ._relative import RangeCache, as_range, relative_distance, toeplitz
 from .base import PositionalEncoding, register
 
@@ -47,8 +49,9 @@ class FIRE(PositionalEncoding):
         super().__init__()
         check_positive_int("num_heads", num_heads)
         check_positive_int("hidden", hidden)
-        if init_c <= 0 or init_threshold < 1:
-            raise ValueError(f"init_c must be > 0 and init_threshold >= 1, got {init_c}, {init_threshold}")
+        check_positive_number("init_c", init_c)
+        if not (math.isfinite(init_threshold) and init_threshold >= 1):  # NaN fails every comparison: test it
+            raise ValueError(f"init_threshold must be a finite number >= 1, got {init_threshold}")
         self.num_heads, self.causal = num_heads, bool(causal)
         self.mlp = nn.Sequential(nn.Linear(1 if causal else 2, hidden), nn.ReLU(), nn.Linear(hidden, num_heads))
         self.c = nn.Parameter(torch.tensor(float(init_c)))
@@ -69,7 +72,9 @@ class FIRE(PositionalEncoding):
 
     def bias(self, q_pos: Tensor, k_pos: Tensor) -> Tensor:
         threshold = self.threshold.clamp(min=1.0)
-        if int(q_pos.max()) < float(threshold.detach()):  # normalizer psi(L) for every query: a function of j - i only
+        empty = q_pos.numel() == 0 or k_pos.numel() == 0  # no max to take: the grid path gives the empty bias
+        # normalizer psi(L) for every query: a function of j - i only
+        if not empty and int(q_pos.max()) < float(threshold.detach()):
             lo = int(k_pos.min()) - int(q_pos.max())
             hi = int(k_pos.max()) - int(q_pos.min())
             rel_values = torch.arange(lo, hi + 1, device=q_pos.device)  # (N,)

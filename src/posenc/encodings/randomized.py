@@ -33,6 +33,15 @@ from .base import PositionalEncoding, build, register
 __all__ = ["Randomized"]
 
 
+def _check_seed(seed: object) -> None:
+    """The generator's seed: an int in the range torch.Generator.manual_seed takes (which would raise an unnamed
+    RuntimeError)."""
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise TypeError(f"seed must be an int, got {type(seed).__name__} {seed!r}")
+    if not -(2**63) <= seed < 2**64:
+        raise ValueError(f"seed must lie in [-2**63, 2**64), got {seed}")
+
+
 @register("randomized")
 class Randomized(PositionalEncoding):
     """Train on sorted random positions from ``[0, max_len)``; every hook is the wrapped encoding's."""
@@ -50,6 +59,7 @@ class Randomized(PositionalEncoding):
     ) -> None:
         super().__init__()
         check_positive_int("max_len", max_len)
+        _check_seed(seed)
         context: dict[str, Any] = {
             k: v for k, v in dict(d_model=d_model, num_heads=num_heads, head_dim=head_dim, causal=causal).items() if v is not None
         }

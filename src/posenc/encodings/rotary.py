@@ -37,7 +37,7 @@ from torch import Tensor
 
 from .._checks import check_base, check_choice, check_positions, check_positive_int
 from ._relative import as_range
-from .base import PositionalEncoding, register
+from .base import PositionalEncoding, made_for_inference_only, register
 from .rope_scaling import SCALINGS, inverse_frequencies
 
 __all__ = ["RoPE", "apply_rotary", "convert_rope_layout", "rope_layout_permutation", "rotary_width"]
@@ -121,6 +121,8 @@ def convert_rope_layout(
 class RoPE(PositionalEncoding):
     """Rotary position embedding with partial rotary, two pair layouts and the context-extension scalings."""
 
+    rebuilt_buffers = ("cos_table", "sin_table")
+
     def __init__(
         self,
         *,
@@ -167,7 +169,8 @@ class RoPE(PositionalEncoding):
         self.inv_freq = inv
         self.register_buffer("cos_table", torch.empty(0, self.rot_dim // 2), persistent=False)
         self.register_buffer("sin_table", torch.empty(0, self.rot_dim // 2), persistent=False)
-        self._dynamic_tables: dict[tuple[int, torch.device], tuple[Tensor, Tensor]] = {}
+        # (length, device, inference mode) -> tables: plain attributes, so a dtype conversion cannot round them.
+        self._dynamic_tables: dict[tuple[int, torch.device, bool], tuple[Tensor, Tensor]] = {}
 
     # -- tables --------------------------------------------------------------------------------------------
     @staticmethod
@@ -179,8 +182,11 @@ class RoPE(PositionalEncoding):
         return cos.to(device=device, dtype=torch.float32), sin.to(device=device, dtype=torch.float32)
 
     def _static(self, needed: int, device: torch.device) -> tuple[Tensor, Tensor]:
+        """The plain tables, grown to ``needed`` rows; rebuilt on another device or dtype, or when built under
+        inference_mode and now used outside it (slices of them would be saved for backward)."""
         table = self.cos_table
-        if table.shape[0] < needed or table.device != device or table.dtype != torch.float32:
+        stale = table.device != device or table.dtype != torch.float32 or made_for_inference_only(table)
+        if table.shape[0] < needed or stale:
             size = max(needed, 2 * table.shape[0], 256)
             self.cos_table, self.sin_table = self._tables(self.inv_freq, size, self.mscale, device)
         return self.cos_table, self.sin_table
@@ -189,7 +195,7 @@ class RoPE(PositionalEncoding):
         """The tables for a forward whose keys reach position ``length - 1``."""
         if not self.dynamic or length <= self.original_max_len:
             return self._static(length, device)
-        key = (length, device)
+        key = (length, device, torch.is_inference_mode_enabled())  # inference tensors serve inference only
         if key not in self._dynamic_tables:
             if len(self._dynamic_tables) >= _DYNAMIC_TABLES_KEPT:  # a padded batch has a few lengths at a time
                 self._dynamic_tables.pop(next(iter(self._dynamic_tables)))

@@ -68,6 +68,8 @@ class Sinusoidal(PositionalEncoding):
     do not carry it.
     """
 
+    rebuilt_buffers = ("table",)
+
     def __init__(
         self,
         *,
@@ -98,7 +100,9 @@ class Sinusoidal(PositionalEncoding):
         self.register_buffer("table", torch.empty(0, self.dim), persistent=False)
 
     def _grow(self, needed: int, device: torch.device) -> Tensor:
-        if self.table.shape[0] < needed or self.table.device != device:
+        """The table, grown to ``needed`` rows; rebuilt in float32 on another device or dtype (a float16 table
+        would round every encoding). A conversion such as ``.half().float()`` empties it (``rebuilt_buffers``)."""
+        if self.table.shape[0] < needed or self.table.device != device or self.table.dtype != torch.float32:
             size = max(needed, 2 * self.table.shape[0], 256)
             self.table = sinusoidal_table(
                 size, self.dim, layout=self.layout, frequencies=self.frequencies, base=self.base

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .._checks import check_positive_number
-from .base import register
+from .base import kept_dtype, made_for_inference_only, register
 from .rotary import RoPE
 
 __all__ = ["XPos"]
@@ -57,12 +57,26 @@ class XPos(RoPE):
         self.scale_base, self.gamma = float(scale_base), float(gamma)
         half = self.rot_dim // 2
         zeta = (torch.arange(half, dtype=torch.float64) * 2 / self.rot_dim + gamma) / (1 + gamma)
-        self.register_buffer("log_zeta", zeta.log().float(), persistent=False)  # (R/2,)
+        # float64 (R/2,), a plain attribute on the CPU so that model.to(dtype) cannot round it (as inv_freq).
+        self.log_zeta64 = zeta.log()
+        self.register_buffer("log_zeta", self.log_zeta64.float(), persistent=False)  # (R/2,), made from it
         self.rotate_after_cache = True
+
+    def _after_conversion(self) -> None:
+        """log(zeta) made again from the float64 values: ``.half().float()`` would leave it rounded."""
+        self.log_zeta = self.log_zeta64.to(device=self.log_zeta.device, dtype=kept_dtype(self.log_zeta.dtype))
+
+    def _log_zeta(self, device: torch.device) -> Tensor:
+        """log(zeta) ``(R/2,)`` on ``device`` (float32, or float64 in a float64 module); made again when it is
+        elsewhere, or when it was made under inference_mode and is now used outside it."""
+        lz = self.log_zeta
+        if lz.device != device or lz.dtype != kept_dtype(lz.dtype) or made_for_inference_only(lz):
+            self.log_zeta = self.log_zeta64.to(device=device, dtype=kept_dtype(lz.dtype))
+        return self.log_zeta
 
     def _decay(self, offset: Tensor, sign: float, like: Tensor) -> Tensor:
         """``zeta^(sign * offset / scale_base)`` per dim, shaped to multiply ``like`` ``(B, H, T, Dh)``."""
-        power = offset.to(torch.float32).unsqueeze(-1) * (sign / self.scale_base) * self.log_zeta.to(offset.device)
+        power = offset.to(torch.float32).unsqueeze(-1) * (sign / self.scale_base) * self._log_zeta(offset.device)
         if self.layout == "interleaved":
             power = power.repeat_interleave(2, dim=-1)
         else:
@@ -75,6 +89,8 @@ class XPos(RoPE):
 
     def rotate(self, q: Tensor, k: Tensor, q_pos: Tensor, k_pos: Tensor) -> tuple[Tensor, Tensor]:
         q, k = super().rotate(q, k, q_pos, k_pos)
+        if k_pos.shape[-1] == 0:  # no keys (an empty input): nothing to decay, and no middle to measure from
+            return q, k
         # The middle of the keys of each sequence: (), or (B, 1) for batched positions.
         centre = torch.div(k_pos.amax(-1, keepdim=True) + k_pos.amin(-1, keepdim=True), 2, rounding_mode="floor")
         q = q * self._decay(q_pos - centre, 1.0, q)
