@@ -56,6 +56,12 @@ def check_positive_number(name: str, value: float) -> None:
         raise ValueError(f"{name} must be a finite number > 0, got {value}")
 
 
+def check_init_std(value: float) -> None:
+    """The standard deviation a learned table is drawn with: a finite number >= 0 (NaN would fill it with NaN)."""
+    if not (math.isfinite(value) and value >= 0):
+        raise ValueError(f"init_std must be a finite number >= 0, got {value}")
+
+
 def check_choice(name: str, value: Any, choices: Sequence[str]) -> str:
     if value not in choices:
         raise ValueError(f"{name} must be one of {', '.join(map(repr, choices))}; got {value!r}")

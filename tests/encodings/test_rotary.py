@@ -146,6 +146,9 @@ def test_bad_options():
     ({"base": float("inf")}, "base must be a finite number > 1, got inf"),
     ({"scaling": "linear", "factor": float("nan")}, "factor must be a finite number >= 1 .*got nan"),
     ({"scaling": "yarn", "factor": float("inf")}, "factor must be a finite number >= 1 .*got inf"),
+    ({"scaling": "llama3", "factor": 8.0, "high_freq_factor": float("inf")},
+     "llama3 needs finite high_freq_factor > low_freq_factor > 0, got inf, 1.0"),
+    ({"scaling": "yarn", "factor": 4.0, "beta_fast": float("inf")}, "yarn needs finite beta_fast > beta_slow > 0"),
 ])
 def test_non_finite_base_or_factor_is_named(kw, message):
     with pytest.raises(ValueError, match=message):

@@ -265,3 +265,9 @@ def test_keys_only_option():
     enc = Shaw(head_dim=4, values=False)
     assert enc.value_table is None
     assert enc.value_term(torch.rand(1, 1, 3, 3), torch.arange(3), torch.arange(3)) is None
+
+
+@pytest.mark.parametrize("bad", ["-1", "inf"])
+def test_a_bad_init_std_is_named(bad: str) -> None:
+    with pytest.raises(ValueError, match=f"init_std must be a finite number >= 0, got {bad}"):
+        build(f"shaw:init_std={bad}", head_dim=8)

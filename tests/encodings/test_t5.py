@@ -50,6 +50,9 @@ def test_one_table_per_stack():
 def test_bad_options():
     with pytest.raises(ValueError, match="max_distance must exceed"):
         build("t5:max_distance=4", num_heads=2)
+    for bad in ("-1", "nan"):  # a negative or NaN scale would draw a table of that scale or of NaN
+        with pytest.raises(ValueError, match=f"init_std must be a finite number >= 0, got {bad}"):
+            build(f"t5:init_std={bad}", num_heads=2)
 
 
 @pytest.mark.parametrize("causal", [True, False])

@@ -8,12 +8,10 @@ row for: asking for one is a ``ValueError`` naming the position and the table si
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import Tensor, nn
 
-from .._checks import check_positions, check_positive_int
+from .._checks import check_init_std, check_positions, check_positive_int
 from .base import PositionalEncoding, register
 
 __all__ = ["Learned"]
@@ -31,8 +29,7 @@ class Learned(PositionalEncoding):
         check_positive_int("max_len", max_len)
         if isinstance(padding_offset, bool) or not isinstance(padding_offset, int) or padding_offset < 0:
             raise ValueError(f"padding_offset must be an int >= 0, got {padding_offset!r}")
-        if not (math.isfinite(init_std) and init_std >= 0):
-            raise ValueError(f"init_std must be a finite number >= 0, got {init_std}")
+        check_init_std(init_std)
         self.max_len, self.padding_offset = max_len, padding_offset
         self.weight = nn.Parameter(torch.randn(max_len + padding_offset, d_model) * init_std)
 

@@ -148,10 +148,11 @@ class RoPE(PositionalEncoding):
             raise ValueError(f"factor must be a finite number >= 1 (the context is extended by it), got {factor}")
         _check_unused_options(scaling, factor=factor, beta_fast=beta_fast, beta_slow=beta_slow,
                               low_freq_factor=low_freq_factor, high_freq_factor=high_freq_factor)
-        if scaling == "llama3" and not high_freq_factor > low_freq_factor > 0:
-            raise ValueError(f"llama3 needs high_freq_factor > low_freq_factor > 0, got {high_freq_factor}, {low_freq_factor}")
-        if scaling == "yarn" and not beta_fast > beta_slow > 0:
-            raise ValueError(f"yarn needs beta_fast > beta_slow > 0, got {beta_fast}, {beta_slow}")
+        if scaling == "llama3" and not math.inf > high_freq_factor > low_freq_factor > 0:
+            raise ValueError(f"llama3 needs finite high_freq_factor > low_freq_factor > 0, got {high_freq_factor}, "
+                             f"{low_freq_factor}")
+        if scaling == "yarn" and not math.inf > beta_fast > beta_slow > 0:
+            raise ValueError(f"yarn needs finite beta_fast > beta_slow > 0, got {beta_fast}, {beta_slow}")
         self.head_dim, self.rot_dim = head_dim, rotary_width(head_dim, fraction)
         if scaling in ("ntk", "dynamic") and self.rot_dim == 2:
             raise ValueError(f"{scaling} scales the base by s^(R/(R-2)), undefined for a rotary width R of 2 "

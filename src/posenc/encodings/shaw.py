@@ -40,7 +40,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .._checks import check_positive_int
+from .._checks import check_init_std, check_positive_int
 from ._relative import RangeCache, as_range, relative_distance
 from ._shaw_banded import banded_causal_attention
 from .base import PositionalEncoding, register
@@ -141,6 +141,7 @@ class Shaw(PositionalEncoding):
         super().__init__()
         check_positive_int("head_dim", head_dim)
         check_positive_int("max_distance", max_distance)
+        check_init_std(init_std)
         self.head_dim, self.max_distance, self.values = head_dim, max_distance, bool(values)
         n = 2 * max_distance + 1
         self.key_table = nn.Parameter(torch.randn(n, head_dim) * init_std)  # a^K, (R, Dh)

@@ -19,7 +19,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-from .._checks import check_positive_int
+from .._checks import check_init_std, check_positive_int
 from ._relative import RangeCache, as_range, relative_distance, toeplitz
 from .base import PositionalEncoding, register
 
@@ -56,6 +56,7 @@ class T5Bias(PositionalEncoding):
         check_positive_int("num_heads", num_heads)
         check_positive_int("num_buckets", num_buckets)
         check_positive_int("max_distance", max_distance)
+        check_init_std(init_std)
         min_buckets = 2 if causal else 4
         if num_buckets < min_buckets:
             raise ValueError(f"num_buckets must be >= {min_buckets} ({'causal' if causal else 'bidirectional'}), got {num_buckets}")
