@@ -237,3 +237,103 @@ def test_bad_arguments_name_the_value():
         generate(model, [[PAD], []], max_new_tokens=2)
     with pytest.raises(ValueError, match="bos_id must be a token id"):
         translate(small_s2s("none"), [[3]], bos_id=-1, eos_id=2, max_len=3)
+
+
+@pytest.mark.parametrize("seed, error, message", [
+    ("abc", TypeError, "seed must be an int or None, got str 'abc'"),
+    (1.5, TypeError, "seed must be an int or None, got float 1.5"),
+    (True, TypeError, "seed must be an int or None, got bool True"),
+    (2**70, ValueError, r"seed must lie in \[0, 2\*\*63\), got 1180591620717411303424"),
+    (-1, ValueError, r"seed must lie in \[0, 2\*\*63\), got -1"),
+])
+@pytest.mark.parametrize("strategy", ["greedy", "sample", "beam"])
+def test_a_bad_seed_is_named_whatever_the_strategy(seed, error, message, strategy):
+    """Greedy accepted any seed; sampling failed with torch's own errors."""
+    with pytest.raises(error, match=message):
+        generate(trap_model(), [[PAD]], max_new_tokens=2, strategy=strategy, seed=seed)
+    with pytest.raises(error, match=message):
+        translate(small_s2s("none"), [[3]], bos_id=1, eos_id=2, max_len=2, strategy=strategy, seed=seed)
+
+
+def test_the_largest_seed_is_accepted():
+    kw = dict(max_new_tokens=3, strategy="sample", seed=2**63 - 1)
+    assert generate(trap_model(), [[PAD]], **kw) == generate(trap_model(), [[PAD]], **kw)
+
+
+def test_one_generator_per_row_makes_draws_independent_of_the_batch():
+    """With one generator per prompt, a prompt's samples are the same alone or batched with others, and identical
+    prompts get different samples."""
+    model = small_lm("sinusoidal")
+    prompts = [[3, 7, 9], [5], [3, 7, 9]]
+    kw = dict(max_new_tokens=10, strategy="sample", temperature=2.0)
+
+    def gens(*seeds):
+        return [torch.Generator().manual_seed(s) for s in seeds]
+
+    together = generate(model, prompts, generator=gens(11, 12, 13), **kw)
+    alone = [generate(model, [p], generator=gens(s), **kw)[0] for p, s in zip(prompts, (11, 12, 13))]
+    assert together == alone
+    assert together[0] != together[2]
+    one = torch.Generator().manual_seed(4)  # a single generator carries on across calls
+    first, second = generate(model, [[5]], generator=one, **kw), generate(model, [[5]], generator=one, **kw)
+    assert first != second
+    with pytest.raises(ValueError, match="generator holds 2 generators for 3 sequences"):
+        generate(model, prompts, generator=gens(1, 2), **kw)
+    with pytest.raises(ValueError, match=r"give seed \(3\) or generator, not both"):
+        generate(model, prompts, seed=3, generator=gens(1, 2, 3), **kw)
+    with pytest.raises(TypeError, match="generator must be a torch.Generator or a sequence of them, got int"):
+        generate(model, prompts, generator=[1, 2, 3], **kw)
+    s2s = small_s2s("sinusoidal")
+    srcs = [[4, 5, 6], [7], [4, 5, 6]]
+    both = translate(s2s, srcs, bos_id=1, eos_id=2, max_len=8, strategy="sample", generator=gens(1, 2, 3))
+    assert both == [translate(s2s, [s], bos_id=1, eos_id=2, max_len=8, strategy="sample", generator=gens(g))[0]
+                    for s, g in zip(srcs, (1, 2, 3))]
+
+
+def test_a_temperature_that_overflows_the_logits_is_greedy():
+    """1e-40 passed the check and then crashed inside torch.multinomial (logits / T overflowed to inf)."""
+    model = small_lm("rope")
+    prompts = [[3, 7, 9, 4], [5]]
+    greedy = generate(model, prompts, max_new_tokens=6)
+    for tiny in (1e-40, 1e-300):  # a float32 subnormal, and below float32's range
+        assert generate(model, prompts, max_new_tokens=6, strategy="sample", temperature=tiny, seed=0) == greedy
+    s2s = small_s2s("sinusoidal")
+    want = translate(s2s, [[4, 5, 6]], bos_id=1, eos_id=2, max_len=6)
+    assert translate(s2s, [[4, 5, 6]], bos_id=1, eos_id=2, max_len=6, strategy="sample", temperature=1e-40) == want
+
+
+def test_a_huge_temperature_draws_uniformly_and_keeps_masked_tokens_out():
+    """logits / 1e300 is 0 in float32 (uniform), and -inf / inf would be NaN: a masked token must stay masked."""
+    from posenc.generate.sampling import sampler
+
+    logits = torch.tensor([[0.0, 5.0, float("-inf"), -3.0]]).repeat(3000, 1)
+    draws = sampler(temperature=1e300, generator=torch.Generator().manual_seed(0))(logits)
+    counts = torch.bincount(draws, minlength=4).tolist()
+    assert counts[2] == 0 and all(abs(c - 1000) < 100 for i, c in enumerate(counts) if i != 2)
+
+
+@pytest.mark.parametrize("prompts, message", [
+    ([1, 2, 3], r"prompts\[0\] must be a list of token ids, got int 1 \(wrap a single prompt: \[\[...\]\]\)"),
+    (["abc"], r"prompts\[0\] must be a list of token ids, got str 'abc' \(encode text to token ids first\)"),
+    ([[2], [1.7]], r"prompts\[1\]\[0\] must be an int token id, got float 1.7"),
+    (7, "prompts must be a list of token-id lists or a 2-D tensor, got int 7"),
+])
+def test_prompts_of_the_wrong_shape_or_type_are_named(prompts, message):
+    """A flat prompt failed with "'int' object is not iterable", a string with int()'s message, 1.7 became 1."""
+    with pytest.raises(TypeError, match=message):
+        generate(trap_model(), prompts, max_new_tokens=2)
+
+
+def test_options_of_the_wrong_type_and_a_bos_outside_the_vocabulary_are_named():
+    model, s2s = trap_model(), small_s2s("none")
+    with pytest.raises(TypeError, match="temperature must be a real number, got str '1'"):
+        generate(model, [[PAD]], max_new_tokens=2, strategy="sample", temperature="1")
+    with pytest.raises(TypeError, match="top_p must be a real number, got str '0.9'"):
+        generate(model, [[PAD]], max_new_tokens=2, strategy="sample", top_p="0.9")
+    with pytest.raises(TypeError, match="length_penalty must be a real number, got str '1'"):
+        generate(model, [[PAD]], max_new_tokens=2, strategy="beam", length_penalty="1")
+    vocab = s2s.config.tgt_vocab_size
+    for call in (lambda: translate(s2s, [[3]], bos_id=vocab, eos_id=2, max_len=3),
+                 lambda: beam_search(s2s, [[3]], bos_id=vocab, eos_id=2, max_new_tokens=3)):
+        with pytest.raises(ValueError, match=f"bos_id={vocab} is not in the model's target vocabulary of {vocab}"):
+            call()  # it named the decoder's input, tgt

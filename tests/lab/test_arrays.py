@@ -121,6 +121,15 @@ def test_no_bias_is_an_error():
         arrays.bias_by_distance("alibi", num_heads=0, max_distance=4)
 
 
+def test_a_bias_picture_of_shaw_points_to_neither_bias_nor_matrix():
+    """It advised `posenc plot matrix`, which refuses Shaw's encoding too."""
+    with pytest.raises(ValueError, match="'shaw' adds no bias") as err:
+        arrays.bias_by_distance("shaw", num_heads=2, max_distance=4)
+    assert "plot matrix" not in str(err.value) and "neither a bias nor a matrix pictures it" in str(err.value)
+    with pytest.raises(ValueError, match="picture it with posenc plot matrix"):  # which does draw sinusoids
+        arrays.bias_by_distance("sinusoidal", num_heads=2, max_distance=4)
+
+
 def test_attention_maps_match_a_hand_computed_first_layer():
     cfg = LMConfig(vocab_size=11, d_model=16, num_heads=2, num_layers=2, dim_feedforward=32, encoding="sinusoidal")
     model = LanguageModel(cfg)

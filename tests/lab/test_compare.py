@@ -168,3 +168,55 @@ def test_time_to_go_keeps_a_rate_per_kind(monkeypatch):
     bar.step(step="1/100")  # one training step: 1 s
     # 99 steps x 1 s + 3 measurements x 3 s = 108 s (a shared rate of 2 s an item would say 204 s)
     assert bar.eta() == "about 1.8 min to go"
+
+
+TINY_CLI = ["--d-model", "16", "--heads", "2", "--layers", "1", "--ff", "32", "--batch-size", "4", "--steps", "1",
+            "--train-lengths", "1", "3", "--test-lengths", "2", "--eval-examples", "2", "--seeds", "0",
+            "--no-progress", "-e", "none"]
+
+
+@pytest.mark.parametrize("bad, message", [
+    (["--d-model", "10", "--heads", "4"], "d_model=10 is not divisible by num_heads=4"),
+    (["--lr", "-1"], "lr must be a finite number > 0, got -1.0"),
+])
+def test_a_refused_compare_leaves_the_output_directory_usable(tmp_path, capsys, bad, message):
+    """compare.json was written before any model was built, and then refused the corrected call as
+    'another setup'."""
+    from posenc.cli import main
+
+    out = ["--out", str(tmp_path / "out")]
+    assert main(["compare", *TINY_CLI, *bad, *out]) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "out" / "compare.json").exists()
+    assert main(["compare", *TINY_CLI, *out]) == 0
+    assert len(res.read_rows(tmp_path / "out" / "results.csv")) == 1
+
+
+def test_the_backend_checks_every_run_before_the_setup_is_written(tmp_path):
+    class Refusing(FakeBackend):
+        def check(self, configs):
+            self.checked = [(c.encoding, c.seed) for c in configs]
+            raise ValueError("this trainer refuses sinusoidal")
+
+    backend = Refusing()
+    with pytest.raises(ValueError, match="refuses sinusoidal"):
+        compare(_config(), tmp_path / "out", backend=backend, progress=False)
+    assert backend.checked == [("none", 0), ("none", 1), ("sinusoidal", 0), ("sinusoidal", 1)]
+    assert not (tmp_path / "out").exists() and backend.trained == []
+    compare(_config(), tmp_path / "out", backend=FakeBackend(), progress=False)  # the corrected call runs
+
+
+def test_lm_lengths_that_do_not_fit_the_text_are_refused_before_training(tmp_path, capsys):
+    """A context longer than the training text crashed inside torch; a test length longer than the validation
+    text was refused only after a whole run had trained."""
+    from posenc.cli import main
+
+    text = tmp_path / "t.txt"
+    text.write_text("abcd" * 500)  # 1800 training and 200 validation characters
+    lm = ["compare", "--task", "lm", "--text", str(text), *TINY_CLI[:10], "--seeds", "0", "-e", "none", "--no-progress"]
+    out = ["--out", str(tmp_path / "out")]
+    assert main([*lm, "--train-lengths", "1800", "1800", "--test-lengths", "8", *out]) == 2
+    assert "training context 1800 is too long for" in capsys.readouterr().err
+    assert main([*lm, "--train-lengths", "8", "8", "--test-lengths", "8", "250", *out]) == 2
+    assert "test length 250 exceeds the 199 validation characters" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()

@@ -101,3 +101,57 @@ def test_another_run_or_fine_tuning_in_the_same_output_is_refused(tmp_path):
         extend(ExtendConfig(**{**vars(cfg), "factors": [2.0, 4.0]}), tmp_path / "out")
     extend(ExtendConfig(**{**vars(cfg), "lengths": [4, 6]}), tmp_path / "out")  # more lengths: fine
     assert len(res.read_rows(tmp_path / "out" / "results.csv")) == 2 * 4
+
+
+@pytest.mark.skipif(not HAVE_ROPE, reason="the rope encoding is not registered")
+@pytest.mark.parametrize("finetune_steps", [0, 2])
+def test_an_unfinished_run_is_refused(tmp_path, finetune_steps):
+    """A run stopped at step 2 of 6 was measured (and fine-tuned from) and reported with exit status 0."""
+    from posenc.cli import main
+
+    run = tmp_path / "run"
+    cfg = RunConfig(encoding="rope", steps=6, checkpoint_every=2, **TINY)
+
+    def stop(step):
+        if step == 3:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train_run(cfg, run, on_step=stop)
+    message = r"unfinished run: it stopped at step 2 of 6 \(config.steps\); run `posenc compare` again"
+    with pytest.raises(ValueError, match=message):
+        extend(ExtendConfig(run_dir=str(run), lengths=[4], finetune_steps=finetune_steps), tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+    args = ["extend", str(run), "--finetune-steps", str(finetune_steps), "--out", str(tmp_path / "cli")]
+    assert main(args) == 2  # the default lengths are read from the run: refused there too
+    assert main([*args, "--lengths", "4"]) == 2
+
+
+@pytest.mark.skipif(not HAVE_ROPE, reason="the rope encoding is not registered")
+def test_a_refused_extend_leaves_the_output_directory_usable(tmp_path):
+    """extend.json was written before a non-RoPE run was refused, and then refused the corrected call as
+    'another run'."""
+    other, rope = tmp_path / "sin", tmp_path / "rope"
+    train_run(RunConfig(encoding="sinusoidal", steps=2, **TINY), other)
+    train_run(RunConfig(encoding="rope", steps=2, **TINY), rope)
+    with pytest.raises(ValueError, match="needs a RoPE run"):
+        extend(ExtendConfig(run_dir=str(other), lengths=[4]), tmp_path / "out")
+    assert not (tmp_path / "out" / "extend.json").exists()
+    extend(ExtendConfig(run_dir=str(rope), lengths=[4], scalings=["none", "linear"]), tmp_path / "out")
+    assert {r.encoding for r in res.read_rows(tmp_path / "out" / "results.csv")} == {"none", "linear x2"}
+
+
+@pytest.mark.skipif(not HAVE_ROPE, reason="the rope encoding is not registered")
+def test_a_fine_tune_context_longer_than_the_text_is_refused_first(tmp_path):
+    text = tmp_path / "t.txt"
+    text.write_text("abcd" * 500)  # 1800 training characters
+    run = tmp_path / "run"
+    train_run(RunConfig(**{**TINY, "encoding": "rope", "task": "lm", "text": str(text), "train_min": 8,
+                           "train_max": 8, "steps": 1, "eval_tokens": 32}), run)
+    cfg = ExtendConfig(run_dir=str(run), lengths=[8], scalings=["linear"], factors=[300.0], finetune_steps=1)
+    with pytest.raises(ValueError, match="training context 2400 is too long"):
+        extend(cfg, tmp_path / "out")
+    assert not (tmp_path / "out" / "extend.json").exists()
+    with pytest.raises(ValueError, match="test length 400 exceeds the 199 validation characters"):
+        extend(ExtendConfig(run_dir=str(run), lengths=[8, 400], scalings=["none"]), tmp_path / "out")
+    assert not (tmp_path / "out" / "extend.json").exists()

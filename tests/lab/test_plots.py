@@ -60,3 +60,68 @@ def test_cli_attention_of_a_run(tmp_path, check_png, capsys):
     capsys.readouterr()
     assert main(["plot", "attention", str(tmp_path / "run"), "-i", "", "-o", str(out)]) == 2
     assert "the input is empty" in capsys.readouterr().err  # it said "ids must hold integer token ids"
+
+
+def test_cli_attention_refuses_an_unfinished_run(tmp_path, capsys):
+    """A run stopped at step 2 of 6 was pictured as if trained."""
+    from posenc.lab.runs import RunConfig, train_run
+
+    cfg = RunConfig(steps=6, checkpoint_every=2, d_model=16, num_heads=2, num_layers=1, dim_feedforward=32,
+                    batch_size=4)
+
+    def stop(step):
+        if step == 3:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train_run(cfg, tmp_path / "run", on_step=stop)
+    assert main(["plot", "attention", str(tmp_path / "run"), "-i", "3 1", "-o", str(tmp_path / "a.png")]) == 2
+    assert "stopped at step 2 of 6 (config.steps); run `posenc compare` again" in capsys.readouterr().err
+    assert not (tmp_path / "a.png").exists()
+
+
+def _texts(labels):
+    return [t.get_text() for t in labels]
+
+
+def test_seq2seq_maps_label_source_and_target_by_kind(tmp_path):
+    """The cross-attention map's source axis was labelled with target tokens (one more than it has columns)."""
+    from posenc.lab.runs import RunConfig, encode_input, train_run
+
+    cfg = RunConfig(arch="seq2seq", task="reverse", steps=1, d_model=16, num_heads=2, num_layers=1,
+                    dim_feedforward=32, batch_size=4)
+    model = train_run(cfg, tmp_path / "run")
+    picture = encode_input(cfg, "3 1 4")
+    assert picture.source_labels == ["3", "1", "4"] and picture.labels == ["BOS", "4", "1", "3"]
+    maps = arrays.attention_maps(model, *picture.inputs)
+    axes = arrays.attention_axes(model, maps, labels=picture.labels, source_labels=picture.source_labels)
+    kinds = {name: a.kind for name, a in axes.items()}
+    assert kinds == {"encoder.layers.0.self_attn": "encoder self", "decoder.layers.0.self_attn": "decoder self",
+                     "decoder.layers.0.cross_attn": "cross"}
+    cross = axes["decoder.layers.0.cross_attn"]
+    assert cross.queries == ["BOS", "4", "1", "3"] and cross.keys == ["3", "1", "4"]
+    assert maps["decoder.layers.0.cross_attn"].shape == (2, 4, 3)  # (H, target queries, source keys)
+    assert axes["encoder.layers.0.self_attn"].keys == ["3", "1", "4"] == axes["encoder.layers.0.self_attn"].queries
+    assert axes["decoder.layers.0.self_attn"].keys == picture.labels
+    fig = plots.attention_figure(maps, axes=axes)
+    rows = {name: fig.axes[2 * i] for i, name in enumerate(maps)}  # the first head of each row carries the labels
+    for name, a in axes.items():
+        assert _texts(rows[name].get_xticklabels()) == a.keys and _texts(rows[name].get_yticklabels()) == a.queries
+        assert a.kind in rows[name].get_ylabel()
+    with pytest.raises(ValueError, match=r"'decoder.layers.0.cross_attn' has 4 queries x 3 keys, but 4 query labels "
+                                         r"and 4 key labels"):
+        cross_only = {"decoder.layers.0.cross_attn": maps["decoder.layers.0.cross_attn"]}
+        plots.plot_attention(cross_only, tmp_path / "a.png", tokens=picture.labels)  # target labels on source keys
+    assert not (tmp_path / "a.png").exists()
+
+
+def test_decoder_only_maps_label_both_axes_with_the_sequence():
+    from posenc.lab.runs import RunConfig, encode_input, make_model
+
+    cfg = RunConfig(d_model=16, num_heads=2, num_layers=1, dim_feedforward=32)
+    model = make_model(cfg, 20)
+    picture = encode_input(cfg, "3 1")
+    assert picture.source_labels is None and picture.labels == ["3", "1", "SEP", "3", "1"]
+    maps = arrays.attention_maps(model, *picture.inputs)
+    (a,) = arrays.attention_axes(model, maps, labels=picture.labels).values()
+    assert (a.kind, a.queries, a.keys) == ("self", picture.labels, picture.labels)

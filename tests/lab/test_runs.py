@@ -206,3 +206,68 @@ def test_each_kind_of_run_directory_names_the_other(tmp_path):
         load_run(tmp_path / "trained")
     with pytest.raises(FileNotFoundError, match="holds no run.json"):
         load_run(tmp_path)
+
+
+def _stopped_run(tmp_path, steps=6, stop_at=3, **kw):
+    """A run killed after its step-2 checkpoint, as an interrupted `posenc compare` leaves it."""
+    cfg = RunConfig(steps=steps, checkpoint_every=2, **{**TINY, **kw})
+
+    class Stop(Exception):
+        pass
+
+    def stop(step):
+        if step == stop_at:
+            raise Stop
+
+    with pytest.raises(Stop):
+        train_run(cfg, tmp_path, on_step=stop)
+    return cfg
+
+
+def test_an_unfinished_run_is_refused_unless_asked_for(tmp_path):
+    """A run stopped at step 2 of 6 was loaded as if trained, and measured or pictured without a word."""
+    cfg = _stopped_run(tmp_path / "run")
+    with pytest.raises(ValueError, match=r"run is an unfinished run: it stopped at step 2 of 6 \(config.steps\); "
+                                         r"run `posenc compare` again with the same settings to finish it"):
+        load_run(tmp_path / "run")
+    model, loaded = load_run(tmp_path / "run", allow_unfinished=True)  # inspecting a run in progress stays possible
+    assert loaded == cfg and not model.training
+    tune = RunConfig(steps=2, **{**TINY, "init_from": str(tmp_path / "run")})
+    with pytest.raises(ValueError, match="stopped at step 2 of 6"):  # a fine-tune from it would start half-trained
+        train_run(tune, tmp_path / "tune")
+    assert not (tmp_path / "tune").exists()
+    train_run(cfg, tmp_path / "run")  # finishing it lifts the refusal
+    assert load_run(tmp_path / "run")[1] == cfg
+
+
+def test_a_model_or_optimizer_setting_is_refused_by_the_config():
+    """Refused only once the model or optimizer was built, these came after a comparison wrote its setup."""
+    with pytest.raises(ValueError, match="d_model=10 is not divisible by num_heads=4"):
+        RunConfig(d_model=10, num_heads=4)
+    with pytest.raises(ValueError, match="lr must be a finite number > 0, got -1"):
+        RunConfig(lr=-1)
+    with pytest.raises(ValueError, match="weight_decay must be a finite number >= 0, got nan"):
+        RunConfig(weight_decay=float("nan"))
+    with pytest.raises(ValueError, match=r"dropout must lie in \[0, 1\], got 1.5"):
+        RunConfig(dropout=1.5)
+
+
+def test_an_lm_context_longer_than_the_text_is_named(tmp_path):
+    """It failed inside torch.randint with a traceback; a test length longer than the validation text failed only
+    after the run had trained."""
+    from posenc.lab.runs import check_lengths
+
+    text = tmp_path / "t.txt"
+    text.write_text("abcd" * 500)  # 1800 training and 200 validation characters
+    lm = {**TINY, "task": "lm", "text": str(text), "steps": 1}
+    too_long = RunConfig(**{**lm, "train_min": 1799, "train_max": 1799})
+    message = r"training context 1799 is too long for .*t.txt: its training text .* has 1800 characters.*at most 1798"
+    with pytest.raises(ValueError, match=message):
+        check_lengths(too_long, [8])
+    with pytest.raises(ValueError, match=message):
+        train_run(too_long, tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+    fits = RunConfig(**{**lm, "train_min": 1798, "train_max": 1798})
+    check_lengths(fits, [199])
+    with pytest.raises(ValueError, match=r"test length 200 exceeds the 199 validation characters of .*t.txt"):
+        check_lengths(fits, [8, 200])

@@ -2,8 +2,9 @@
 one task with the same model, budget and data; measure each at every test length; write a table and a plot.
 
 The defaults are a small-scale Kazemnejad et al. (2023) setup: decoder-only, their copy variant that repeats one
-symbol (``rsc``), train lengths 1-20, test lengths 1-40. ``--task lm --text FILE`` measures perplexity by evaluation context instead (Press et al.
-2022); ``--arch seq2seq`` uses an encoder-decoder (a bidirectional encoder, Haviv et al. 2022).
+symbol (``rsc``), train lengths 1-20, test lengths 1-40. ``--task lm --text FILE`` measures perplexity by
+evaluation context instead (Press et al. 2022); ``--arch seq2seq`` uses an encoder-decoder (a bidirectional
+encoder, Haviv et al. 2022).
 """
 
 from __future__ import annotations
@@ -33,17 +34,21 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     m.add_argument("--d-model", type=int, default=d.d_model, help=f"(default {d.d_model})")
     m.add_argument("--heads", type=int, default=d.num_heads, help=f"(default {d.num_heads})")
     m.add_argument("--layers", type=int, default=d.num_layers, help=f"layers per stack (default {d.num_layers})")
-    m.add_argument("--ff", type=int, default=d.dim_feedforward, help=f"feed-forward width (default {d.dim_feedforward})")
+    m.add_argument("--ff", type=int, default=d.dim_feedforward,
+                   help=f"feed-forward width (default {d.dim_feedforward})")
     m.add_argument("--dropout", type=float, default=d.dropout, help=f"(default {d.dropout})")
     b = p.add_argument_group("budget")
     b.add_argument("--steps", type=int, default=d.steps, help=f"training steps per run (default {d.steps})")
     b.add_argument("--batch-size", type=int, default=d.batch_size, help=f"(default {d.batch_size})")
     b.add_argument("--lr", type=float, default=d.lr, help=f"peak learning rate (default {d.lr})")
     b.add_argument("--warmup", type=int, default=d.warmup, help=f"warm-up steps (default {d.warmup})")
-    b.add_argument("--eval-examples", type=int, default=d.eval_examples, help=f"test examples per length (default {d.eval_examples})")
+    b.add_argument("--eval-examples", type=int, default=d.eval_examples,
+                   help=f"test examples per length (default {d.eval_examples})")
     b.add_argument("--threads", type=int, default=1,
-                   help="torch threads (default 1: tiny models gain little from more, and lose much when cores are shared)")
-    b.add_argument("--eval-tokens", type=int, default=d.eval_tokens, help=f"lm: validation characters per length (default {d.eval_tokens})")
+                   help="torch threads (default 1: tiny models gain little from more, and lose much when cores are "
+                        "shared)")
+    b.add_argument("--eval-tokens", type=int, default=d.eval_tokens,
+                   help=f"lm: validation characters per length (default {d.eval_tokens})")
 
 
 def run_config(args: argparse.Namespace, **overrides: object):  # -> RunConfig

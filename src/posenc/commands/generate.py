@@ -3,10 +3,29 @@
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 
 from ._decoding import (
-    add_decoding_options, batches, check_decoding_options, decoding_kwargs, input_lines, load, warn_unknown,
+    LineDraws, add_decoding_options, batches, check_decoding_options, decoding_kwargs, input_lines, line_name, load,
+    warn_unknown,
 )
+
+
+def _wrapper(args: argparse.Namespace, tok, cfg) -> Callable[[list[int], int], list[int]]:
+    """How a prompt's ids are fed: a task run as it was trained (BOS prompt SEP, the answer is the continuation),
+    a text run as is, which needs at least one character; an empty line is named by its number."""
+    if cfg.data.kind == "task":
+        from ..data.tasks import SEP
+
+        return lambda ids, number: [tok.bos_id, *ids, tok.special_id(SEP)]
+
+    def wrap(ids: list[int], number: int) -> list[int]:
+        if not ids:
+            raise ValueError(f"{line_name(args.prompt, args.input, number)} is an empty prompt: a text model needs "
+                             "at least one character to continue")
+        return ids
+
+    return wrap
 
 
 def run(args: argparse.Namespace) -> int:
@@ -16,22 +35,13 @@ def run(args: argparse.Namespace) -> int:
 
     check_decoding_options(args)
     model, tok, cfg = load(args, "lm")
-    if cfg.data.kind == "task":  # trained as BOS prompt SEP answer EOS: the answer is the continuation
-        from ..data.tasks import SEP
-
-        def wrap(ids: list[int]) -> list[int]:
-            return [tok.bos_id, *ids, tok.special_id(SEP)]
-    else:  # text: plain blocks of the corpus
-
-        def wrap(ids: list[int]) -> list[int]:
-            if not ids:
-                raise ValueError("an empty prompt: a text model needs at least one character to continue")
-            return ids
-
+    wrap = _wrapper(args, tok, cfg)
+    draws = LineDraws(args, model)
     with torch.no_grad():
-        for lines in batches(input_lines(args.prompt, args.input), args.batch_size):
-            prompts = [wrap(tok.encode(line)) for line in lines]
-            outs = generate(model, prompts, max_new_tokens=args.max_new_tokens, eos_id=tok.eos_id, **decoding_kwargs(args))
+        for first, lines in batches(input_lines(args.prompt, args.input), args.batch_size):
+            prompts = [wrap(tok.encode(line), first + i) for i, line in enumerate(lines)]
+            outs = generate(model, prompts, max_new_tokens=args.max_new_tokens, eos_id=tok.eos_id,
+                            generator=draws.take(len(lines)), **decoding_kwargs(args))
             for line, out in zip(lines, outs):
                 text = tok.decode(out)
                 print(text if args.continuation_only else line + text, flush=True)

@@ -59,10 +59,12 @@ def _attention(args: argparse.Namespace) -> pathlib.Path:
     from ..lab import arrays, plots
     from ..lab.runs import encode_input, load_run
 
-    model, config = load_run(args.run_dir)
-    inputs, tokens = encode_input(config, args.input)
-    maps = arrays.attention_maps(model, *inputs)
-    return plots.plot_attention(maps, _out(args, "attention.png"), tokens=tokens, title=f"{args.run_dir}: {args.input!r}")
+    model, config = load_run(args.run_dir)  # an unfinished run is refused, naming the step it reached
+    picture = encode_input(config, args.input)
+    maps = arrays.attention_maps(model, *picture.inputs)
+    axes = arrays.attention_axes(model, maps, labels=picture.labels, source_labels=picture.source_labels)
+    title = f"{args.run_dir}: {args.input!r}"
+    return plots.plot_attention(maps, _out(args, "attention.png"), axes=axes, title=title)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -85,7 +87,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--bidirectional", action="store_true", help="the encoder form: distances on both sides")
     a = kinds.add_parser("attention", help="attention maps of a trained run on an input")
     a.add_argument("run_dir", help="a run directory (e.g. OUT/runs/none-seed0 of posenc compare)")
-    a.add_argument("--input", "-i", required=True, help="a task's input as symbol ids separated by spaces ('3 1 4 1 5'), or raw text for an lm run")
+    a.add_argument("--input", "-i", required=True,
+                   help="a task's input as symbol ids separated by spaces ('3 1 4 1 5'), or raw text for an lm run")
     for q in (m, s, w, b, a):
         q.add_argument("--out", "-o", default=None, help="PNG path to write")
     p.set_defaults(func=run)

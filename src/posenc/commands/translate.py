@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 
 from ._decoding import (
-    add_decoding_options, batches, check_decoding_options, decoding_kwargs, input_lines, load, warn_unknown,
+    LineDraws, add_decoding_options, batches, check_decoding_options, decoding_kwargs, input_lines, load, warn_unknown,
 )
 
 
@@ -17,12 +17,13 @@ def run(args: argparse.Namespace) -> int:
 
     check_decoding_options(args)
     model, tok, _ = load(args, "seq2seq")
+    draws = LineDraws(args, model)
     with torch.no_grad():
-        for lines in batches(input_lines(None, args.input), args.batch_size):
+        for _, lines in batches(input_lines(None, args.input), args.batch_size):
             sources = [[*tok.encode(line), tok.eos_id] for line in lines]  # sources end in EOS, as in training
             outs = translate(
                 model, sources, bos_id=tok.bos_id, eos_id=tok.eos_id, max_len=args.max_new_tokens,
-                **decoding_kwargs(args),
+                generator=draws.take(len(lines)), **decoding_kwargs(args),
             )
             for out in outs:
                 print(tok.decode(out), flush=True)

@@ -159,5 +159,6 @@ def beam_loop(
             score = chosen[b * k + j][2]
             if score != float("-inf"):
                 hyp = history[b * k + j]
-                finished[b].add(Hypothesis(tokens=hyp, score=_normalized(score, len(hyp), length_penalty), log_prob=score))
+                norm = _normalized(score, len(hyp), length_penalty)
+                finished[b].add(Hypothesis(tokens=hyp, score=norm, log_prob=score))
     return [f.best(num_return) for f in finished]

@@ -4,7 +4,12 @@ Sampling follows the usual order: divide the logits by the temperature, keep the
 (Fan et al. 2018, "Hierarchical Neural Story Generation"), then keep the smallest set of tokens whose
 probability mass reaches ``top_p`` (nucleus sampling, Holtzman et al. 2020, "The Curious Case of Neural Text
 Degeneration"), renormalize and draw. Draws come from a ``torch.Generator`` seeded by the caller, so a seed
-gives the same tokens every run.
+gives the same tokens every run; with one generator per row, a row's draws depend on its own generator only, not
+on which rows share its batch.
+
+The logits are divided by the temperature in float32. A temperature so small that this overflows (1e-40 against
+logits of order 1) is the limit T -> 0 of sampling, which is greedy decoding: such a row takes its argmax
+rather than feeding infinities to the draw.
 
 Each row stops at its first EOS or after ``max_new_tokens``; finished rows keep stepping (their tokens are
 discarded) until every row has finished, so the batch stays one tensor.
@@ -14,7 +19,8 @@ Legend: B batch, V vocabulary.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import numbers
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor
@@ -24,6 +30,14 @@ from .session import Session
 __all__ = ["check_in_vocabulary", "check_sampling", "decode_loop", "filter_logits", "greedy_pick", "sampler"]
 
 Pick = Callable[[Tensor], Tensor]
+Generators = torch.Generator | Sequence[torch.Generator] | None
+
+
+def check_real(name: str, value: object) -> None:
+    """A TypeError unless ``value`` is a real number: ``"1"`` or ``True`` would pass comparisons or ``float()``
+    (or fail in them with a message that names no option)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a real number, got {type(value).__name__} {value!r}")
 
 
 def _check_top_k(top_k: int | None) -> None:
@@ -32,12 +46,15 @@ def _check_top_k(top_k: int | None) -> None:
 
 
 def _check_top_p(top_p: float | None) -> None:
+    if top_p is not None:
+        check_real("top_p", top_p)
     if top_p is not None and not 0.0 < float(top_p) <= 1.0:
         raise ValueError(f"top_p must lie in (0, 1], got {top_p!r}")
 
 
 def check_sampling(*, temperature: float, top_k: int | None, top_p: float | None) -> None:
-    """A ValueError naming a bad sampling option."""
+    """A ValueError naming a bad sampling option (a TypeError for one that is not a number)."""
+    check_real("temperature", temperature)
     if not temperature > 0 or temperature == float("inf"):
         raise ValueError(f"temperature must be a finite number > 0, got {temperature!r} "
                          "(use strategy='greedy' for argmax decoding)")
@@ -79,16 +96,37 @@ def greedy_pick(logits: Tensor) -> Tensor:
     return logits.argmax(dim=-1)
 
 
+def _scaled(logits: Tensor, temperature: float) -> tuple[Tensor, Tensor]:
+    """``logits / temperature`` in float32 ``(B, V)``, and the rows where that overflowed ``(B,)`` (a +inf, or a
+    NaN; a masked -inf stays -inf). Those rows are at the T -> 0 limit: their caller takes the argmax."""
+    masked = logits == float("-inf")
+    scaled = (logits.float() / temperature).masked_fill(masked, float("-inf"))
+    overflow = (scaled.isnan() | (scaled == float("inf"))).any(dim=-1)
+    return scaled.masked_fill(overflow[:, None], 0.0), overflow
+
+
+def _draw(probs: Tensor, generator: Generators) -> Tensor:
+    """One token a row of ``probs`` ``(B, V)``: from one generator for the batch, or from each row's own."""
+    if generator is None or isinstance(generator, torch.Generator):
+        return torch.multinomial(probs, 1, generator=generator).squeeze(-1)  # (B,)
+    if len(generator) != probs.shape[0]:
+        raise ValueError(f"generator holds {len(generator)} generators for a batch of {probs.shape[0]} rows: give "
+                         "one per row, or a single one")
+    return torch.cat([torch.multinomial(p, 1, generator=g) for p, g in zip(probs, generator)])  # (B,)
+
+
 def sampler(
-    *, temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None, generator: torch.Generator | None = None
+    *, temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None, generator: Generators = None
 ) -> Pick:
-    """A function ``(B, V)`` logits -> ``(B,)`` sampled tokens."""
+    """A function ``(B, V)`` logits -> ``(B,)`` sampled tokens; ``generator`` is one ``torch.Generator`` for every
+    row, or a sequence of one per row."""
     check_sampling(temperature=temperature, top_k=top_k, top_p=top_p)
 
     def pick(logits: Tensor) -> Tensor:
-        scaled = logits.float() / temperature
+        scaled, overflow = _scaled(logits, temperature)
         probs = torch.softmax(filter_logits(scaled, top_k=top_k, top_p=top_p), dim=-1)  # (B, V)
-        return torch.multinomial(probs, 1, generator=generator).squeeze(-1)  # (B,)
+        tokens = _draw(probs, generator)  # (B,)
+        return torch.where(overflow, logits.argmax(dim=-1), tokens)
 
     return pick
 

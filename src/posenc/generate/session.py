@@ -15,9 +15,11 @@ Legend: B batch (rows: sequences, or sequences × beams), T prompt length, S sou
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Sequence
 from typing import Protocol, runtime_checkable
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -78,6 +80,26 @@ def _device_of(model: object) -> torch.device:
     return torch.device("cpu")
 
 
+def _token_list(seq: object, where: str) -> list[int]:
+    """One sequence as a list of ints, or a TypeError that names it: a flat prompt ``[1, 2, 3]`` would otherwise
+    fail with "'int' object is not iterable", a string be read character by character, and 1.7 become 1."""
+    arrays = (Tensor, np.ndarray)
+    if isinstance(seq, (str, bytes)) or not isinstance(seq, (Sequence, *arrays)) or (
+        isinstance(seq, arrays) and seq.ndim != 1
+    ):
+        hint = "encode text to token ids first" if isinstance(seq, (str, bytes)) else "wrap a single prompt: [[...]]"
+        raise TypeError(f"{where} must be a list of token ids, got {type(seq).__name__} {seq!r} ({hint})")
+    out = []
+    for j, token in enumerate(seq.tolist() if isinstance(seq, arrays) else seq):
+        try:
+            if isinstance(token, bool):
+                raise TypeError
+            out.append(operator.index(token))  # ints of any kind (numpy, 0-d tensors), never a float
+        except TypeError:
+            raise TypeError(f"{where}[{j}] must be an int token id, got {type(token).__name__} {token!r}") from None
+    return out
+
+
 def pad_batch(
     seqs: TokenLists, *, pad_id: int, left: bool, device: torch.device, name: str
 ) -> tuple[Tensor, Tensor]:
@@ -93,7 +115,9 @@ def pad_batch(
             raise ValueError(f"{name} must hold at least one non-empty sequence, got shape {tuple(seqs.shape)}")
         ids = seqs.to(device)
         return ids, torch.zeros(ids.shape, dtype=torch.bool, device=device)
-    lists = [list(map(int, s)) for s in seqs]
+    if isinstance(seqs, (str, bytes)) or not isinstance(seqs, (Sequence, np.ndarray)):
+        raise TypeError(f"{name} must be a list of token-id lists or a 2-D tensor, got {type(seqs).__name__} {seqs!r}")
+    lists = [_token_list(s, f"{name}[{i}]") for i, s in enumerate(seqs)]
     if not lists:
         raise ValueError(f"{name} is empty: give at least one sequence")
     for i, s in enumerate(lists):
@@ -148,7 +172,9 @@ class LMSession:
 class Seq2SeqSession:
     """An encoder-decoder model over a right-padded batch of sources; decoding starts from ``bos_id``."""
 
-    def __init__(self, model: EncoderDecoder, src: TokenLists, *, bos_id: int, max_new_tokens: int, pad_id: int = 0) -> None:
+    def __init__(
+        self, model: EncoderDecoder, src: TokenLists, *, bos_id: int, max_new_tokens: int, pad_id: int = 0
+    ) -> None:
         self.model = model
         self.device = device = _device_of(model)
         ids, padding = pad_batch(src, pad_id=pad_id, left=False, device=device, name="src")

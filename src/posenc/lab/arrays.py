@@ -11,7 +11,8 @@ picture shows what attention actually receives, for any registered family:
   exceeds the training context are the ones that never complete a turn in training;
 * :func:`bias_by_distance` -- the logits bias per head against the query-key distance ``i - j``
   (ALiBi: ``-m_h (i - j)``; T5: a learned scalar per bucket);
-* :func:`attention_maps` -- the attention weights of every self-attention of a model on one input.
+* :func:`attention_maps` -- the attention weights of every attention module of a model on one input, and
+  :func:`attention_axes` -- which tokens label each map's rows (queries) and columns (keys).
 
 Legend: T positions, D width, H heads, Dh head width.
 """
@@ -19,6 +20,9 @@ Legend: T positions, D width, H heads, Dh head width.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 from torch import Tensor, nn
@@ -28,6 +32,8 @@ from ..attention import MultiHeadAttention
 from ..encodings import PositionalEncoding, build
 
 __all__ = [
+    "AttentionAxes",
+    "attention_axes",
     "attention_maps",
     "bias_by_distance",
     "build_for_picture",
@@ -119,7 +125,7 @@ def bias_by_distance(
     check_positive_int("num_heads", num_heads)
     enc = build_for_picture(spec, d_model=8 * num_heads, num_heads=num_heads, causal=causal)
     if not enc.uses_bias:
-        raise ValueError(f"encoding {enc.name!r} adds no bias to the attention logits; try posenc plot matrix")
+        raise ValueError(f"encoding {enc.name!r} adds no bias to the attention logits; {_instead(enc)}")
     distances = np.arange(0 if causal else -max_distance, max_distance + 1)
     q_pos = torch.tensor([max_distance])  # (1,) the query sits far enough right for every distance
     k_pos = torch.as_tensor(max_distance - distances)  # (n,) key j = i - d
@@ -129,6 +135,17 @@ def bias_by_distance(
     if bias.dim() == 4:
         bias = bias[0]
     return distances, bias[:, 0, :].double().numpy()  # (n,), (H, n)
+
+
+def _instead(enc: PositionalEncoding) -> str:
+    """Which picture shows an encoding that has no bias: the matrix, unless it has none either (Shaw's relative
+    vectors act inside attention; NoPE adds nothing), which :func:`encoding_matrix` refuses or draws as zeros."""
+    if enc.uses_embed or enc.uses_rotate:
+        return "picture it with posenc plot matrix"
+    if enc.uses_content_bias or enc.uses_value_term:
+        return ("its learned relative-position vectors act inside attention, so neither a bias nor a matrix "
+                "pictures it; posenc plot attention shows a trained run's attention")
+    return "it adds no positional signal to picture"
 
 
 def _self_attentions(model: nn.Module) -> list[tuple[str, MultiHeadAttention]]:
@@ -158,3 +175,41 @@ def attention_maps(model: nn.Module, *inputs: Tensor, **kwargs: object) -> dict[
             m.capture_weights, m.last_weights = False, None
         model.train(was_training)
 
+
+
+@dataclass(frozen=True)
+class AttentionAxes:
+    """What one attention map shows: its kind, a label per row (query) and a label per column (key)."""
+
+    kind: str  # "self" (decoder-only), "encoder self", "decoder self" or "cross"
+    queries: list[str]
+    keys: list[str]
+
+
+def attention_axes(
+    model: nn.Module, names: Iterable[str], *, labels: Sequence[str], source_labels: Sequence[str] | None = None
+) -> dict[str, AttentionAxes]:
+    """The axes of each named attention map of ``model``: an encoder's self-attention runs over the source
+    (``source_labels`` on both axes), a decoder's over ``labels`` (the target, or a decoder-only model's whole
+    sequence), and cross-attention from target queries (rows) to source keys (columns). Labelling a cross map with
+    the target on both axes would name source columns after target tokens."""
+    encoder = getattr(model, "encoder", None)
+    in_encoder = {id(m) for m in encoder.modules()} if isinstance(encoder, nn.Module) else set()
+    out = {}
+    for name in names:
+        module = model.get_submodule(name)
+        if getattr(module, "cross", False):
+            out[name] = AttentionAxes("cross", list(labels), _source(source_labels, name))
+        elif id(module) in in_encoder:
+            src = _source(source_labels, name)
+            out[name] = AttentionAxes("encoder self", src, src)
+        else:
+            kind = "decoder self" if source_labels is not None else "self"
+            out[name] = AttentionAxes(kind, list(labels), list(labels))
+    return out
+
+
+def _source(source_labels: Sequence[str] | None, name: str) -> list[str]:
+    if source_labels is None:
+        raise ValueError(f"{name} attends over a source sequence: give source_labels")
+    return list(source_labels)

@@ -26,7 +26,7 @@ from torch import nn
 
 from ..encodings import build, names
 from . import results as res
-from .runs import RunConfig, _read_meta, evaluate, train_run
+from .runs import RunConfig, _read_meta, check_buildable, check_lengths, evaluate, train_run
 
 __all__ = ["DEFAULT_ENCODINGS", "Backend", "CompareConfig", "CompareOutput", "LabBackend", "compare", "run_dir_name"]
 
@@ -49,6 +49,9 @@ class Backend(Protocol):
         """The run's metric at one test length."""
         ...
 
+    # Optional: ``check(configs)`` raises for a run the trainer would refuse; ``compare`` calls it before it writes
+    # anything, so a refused setting does not leave a setup file that locks the output directory.
+
 
 class LabBackend:
     """The lab's own trainer (:mod:`posenc.lab.runs`)."""
@@ -62,6 +65,9 @@ class LabBackend:
 
     def evaluate(self, model: nn.Module, config: RunConfig, length: int) -> float:
         return evaluate(model, config, length)
+
+    def check(self, configs: Sequence[RunConfig]) -> None:
+        check_buildable(configs)
 
 
 @dataclass
@@ -94,6 +100,7 @@ class CompareConfig:
             raise ValueError(f"seeds must be distinct and at least one, got {self.seeds}")
         if not self.test_lengths or min(self.test_lengths) < 1:
             raise ValueError(f"test lengths must be >= 1, got {self.test_lengths}")
+        check_lengths(self.base, self.test_lengths)  # lm: the context and test lengths fit the text
 
     @property
     def train_range(self) -> tuple[int, int]:
@@ -118,18 +125,27 @@ def run_dir_name(config: RunConfig) -> str:
     return f"{safe}-seed{config.seed}"
 
 
+def _shared(base: RunConfig) -> dict[str, Any]:
+    return {k: v for k, v in base.to_dict().items() if k not in ("encoding", "seed")}
+
+
 def _check_base(out: pathlib.Path, base: RunConfig) -> None:
     """Results of another base config must not mix with these: refuse, saying what differs."""
     path = out / "compare.json"
-    shared = {k: v for k, v in base.to_dict().items() if k not in ("encoding", "seed")}
     if path.exists():
         saved = json.loads(path.read_text())
-        diff = {k: (saved.get(k), v) for k, v in shared.items() if saved.get(k) != v}
+        diff = {k: (saved.get(k), v) for k, v in _shared(base).items() if saved.get(k) != v}
         if diff:
             listed = ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in diff.items())
             raise ValueError(f"{out} holds a comparison of another setup ({listed}); choose another --out")
-    else:
-        path.write_text(json.dumps(shared, indent=1))
+
+
+def _record_base(out: pathlib.Path, base: RunConfig) -> None:
+    """Written only once every check has passed: a refused call must not lock the directory for the corrected
+    one."""
+    path = out / "compare.json"
+    if not path.exists():
+        path.write_text(json.dumps(_shared(base), indent=1))
 
 
 class _Progress:
@@ -191,8 +207,12 @@ def compare(
     """Run (or resume) the comparison and write ``results.csv``, ``results.md`` and the plot."""
     backend = backend if backend is not None else LabBackend()
     out = pathlib.Path(out_dir)
-    (out / "runs").mkdir(parents=True, exist_ok=True)
     _check_base(out, config.base)
+    check = getattr(backend, "check", None)
+    if check is not None:
+        check(config.runs())
+    (out / "runs").mkdir(parents=True, exist_ok=True)
+    _record_base(out, config.base)
     csv_path = out / "results.csv"
     done = {r.key for r in res.read_rows(csv_path)}
     plan = []

@@ -25,13 +25,23 @@ from .._checks import check_positive_number
 from ..encodings import options, parse_spec
 from . import results as res
 from .plots import plot_metric_vs_length
-from .runs import RunConfig, evaluate, load_run, make_data, make_model, train_run
+from .runs import (
+    RunConfig, check_buildable, check_lengths, evaluate, load_run, make_data, make_model, train_run,
+)
+from .tasks import CharText, SequenceTask
 
 __all__ = ["SCALINGS", "ExtendConfig", "check_factors", "extend", "scaled_spec"]
 
+# (label, spec, factor the fine-tune length is scaled by, fine-tuned): one measurement series
+Variant = tuple[str, str, float, bool]
+Data = SequenceTask | CharText
+
 SCALINGS = ("none", "linear", "ntk", "dynamic", "yarn", "llama3")
 # Names an encoding may give the length it was trained at (the scalings that need it read it from there).
-_TRAINED_LENGTH_KEYS = ("original_max_len", "original_max_position", "original_length", "original_context", "trained_length", "max_position")
+_TRAINED_LENGTH_KEYS = (
+    "original_max_len", "original_max_position", "original_length", "original_context", "trained_length",
+    "max_position",
+)
 
 
 def scaled_spec(spec: str, scaling: str, factor: float, trained_length: int) -> str:
@@ -96,7 +106,7 @@ def trained_positions(run: RunConfig) -> int:
     return 2 * run.train_max + 1 if run.arch == "decoder" else run.train_max + 1
 
 
-def _variants(config: ExtendConfig, run: RunConfig) -> list[tuple[str, str, float, bool]]:
+def _variants(config: ExtendConfig, run: RunConfig) -> list[Variant]:
     """(label, spec, factor the fine-tune length is scaled by, fine-tuned) for every measurement series."""
     out = []
     for scaling in config.scalings:
@@ -110,27 +120,50 @@ def _variants(config: ExtendConfig, run: RunConfig) -> list[tuple[str, str, floa
     return out
 
 
-def _finetune(config: ExtendConfig, run: RunConfig, spec: str, factor: float, run_dir: pathlib.Path):
-    """Fine-tune the run under ``spec`` at ``factor`` x its training length (a resumable run of its own)."""
+def _tuned_config(config: ExtendConfig, run: RunConfig, spec: str, factor: float) -> RunConfig:
+    """The run config of a fine-tune under ``spec`` at ``factor`` x the run's training length."""
     longer = max(run.train_min, int(round(run.train_max * factor)))
-    tuned = replace(
-        run, encoding=spec, steps=config.finetune_steps, train_max=longer, warmup=min(run.warmup, config.finetune_steps),
-        lr=config.finetune_lr if config.finetune_lr is not None else run.lr / 10, init_from=str(config.run_dir),
+    lr = config.finetune_lr if config.finetune_lr is not None else run.lr / 10
+    return replace(
+        run, encoding=spec, steps=config.finetune_steps, train_max=longer,
+        warmup=min(run.warmup, config.finetune_steps), lr=lr, init_from=str(config.run_dir),
         train_min=run.train_min if run.task != "lm" else longer,
     )
+
+
+def _measured_configs(config: ExtendConfig, run: RunConfig, variants: Sequence[Variant]) -> list[RunConfig]:
+    """The run config each series is measured under: the run with the scaled spec, or its fine-tune."""
+    return [_tuned_config(config, run, spec, factor) if tuned else replace(run, encoding=spec)
+            for _, spec, factor, tuned in variants]
+
+
+def _check_variants(config: ExtendConfig, run: RunConfig, measured: Sequence[RunConfig], data: Data) -> None:
+    """Every setting is built, and for lm every test length and fine-tune context checked against the text, before
+    ``extend.json`` is written: a refused call must not lock the output directory for the corrected one."""
+    check_lengths(run, config.lengths, data=data)
+    for tuned in measured:
+        check_lengths(tuned, [], data=data)
+    check_buildable(measured)
+
+
+def _finetune(config: ExtendConfig, run: RunConfig, spec: str, factor: float, run_dir: pathlib.Path):
+    """Fine-tune the run under ``spec`` at ``factor`` x its training length (a resumable run of its own)."""
+    tuned = _tuned_config(config, run, spec, factor)
     return train_run(tuned, run_dir), tuned
 
 
 def extend(config: ExtendConfig, out_dir: str | pathlib.Path) -> str:
     """Measure every (scaling, factor[, fine-tune]) at every length; write results.csv/.md and the plot."""
     out = pathlib.Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    base_model, run = load_run(config.run_dir)
-    _check_setup(out, config, run)
+    base_model, run = load_run(config.run_dir)  # an unfinished run is refused
+    variants = _variants(config, run)  # a run of another encoding than RoPE is refused
     data = make_data(run)
+    _check_variants(config, run, _measured_configs(config, run, variants), data)
+    out.mkdir(parents=True, exist_ok=True)
+    _check_setup(out, config, run)
     csv_path = out / "results.csv"
     done = {r.key for r in res.read_rows(csv_path)}
-    for label, spec, factor, tuned in _variants(config, run):
+    for label, spec, factor, tuned in variants:
         todo = [n for n in config.lengths if (label, run.seed, n) not in done]
         if not todo:
             continue

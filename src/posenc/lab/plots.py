@@ -14,7 +14,10 @@ from typing import Any
 
 import numpy as np
 
+from .arrays import AttentionAxes
+
 __all__ = [
+    "attention_figure",
     "plot_attention",
     "plot_bias",
     "plot_matrix",
@@ -101,32 +104,75 @@ def plot_bias(distances: np.ndarray, bias: np.ndarray, path: str | pathlib.Path,
     return _save(fig, path)
 
 
-def plot_attention(
-    maps: Mapping[str, np.ndarray], path: str | pathlib.Path, *, tokens: Sequence[str] | None = None, title: str = ""
-) -> pathlib.Path:
-    """A grid of attention maps: one row per attention module, one column per head."""
+_MAX_TICKS = 40  # past this many positions the labels of an axis are left off (they would overlap)
+
+
+def _checked_axes(
+    maps: Mapping[str, np.ndarray], tokens: Sequence[str] | None, axes: Mapping[str, AttentionAxes] | None
+) -> dict[str, AttentionAxes]:
+    """The labels of each map, each checked against the map's shape: a label list of another length (target tokens
+    on a cross-attention map's source axis) would put ticks where there are no columns."""
+    if axes is None:
+        axes = {} if tokens is None else {n: AttentionAxes("self", list(tokens), list(tokens)) for n in maps}
+    for name, a in axes.items():
+        if name not in maps:
+            raise ValueError(f"labels are given for {name!r}, which is not one of the maps ({', '.join(maps)})")
+        t_q, t_k = maps[name].shape[-2:]
+        if (len(a.queries), len(a.keys)) != (t_q, t_k):
+            raise ValueError(f"attention map {name!r} has {t_q} queries x {t_k} keys, but {len(a.queries)} query "
+                             f"labels and {len(a.keys)} key labels")
+    return dict(axes)
+
+
+def _label_axes(ax: Any, name: str, a: AttentionAxes | None) -> None:
+    """Row label (module, kind) and, on short sequences, a tick label per query (rows) and key (columns)."""
+    if a is None:
+        ax.set_ylabel(name, fontsize="x-small")
+        return
+    ax.set_ylabel(f"{name}\n{a.kind}: queries \u2193 keys \u2192", fontsize="x-small")
+    if len(a.keys) <= _MAX_TICKS:
+        ax.set_xticks(range(len(a.keys)), a.keys, fontsize=5, rotation=90)
+    if len(a.queries) <= _MAX_TICKS:
+        ax.set_yticks(range(len(a.queries)), a.queries, fontsize=5)
+
+
+def attention_figure(
+    maps: Mapping[str, np.ndarray], *, tokens: Sequence[str] | None = None,
+    axes: Mapping[str, AttentionAxes] | None = None, title: str = "",
+) -> Any:
+    """The figure :func:`plot_attention` saves, returned so that what labels each axis can be read back."""
     names = list(maps)
     if not names:
         raise ValueError("no attention maps to draw")
+    labels = _checked_axes(maps, tokens, axes)
     heads = max(maps[n].shape[0] for n in names)
     fig = _figure(2.2 * heads + 1, 2.2 * len(names) + 0.6)
-    axes = fig.subplots(len(names), heads, squeeze=False)
+    grid = fig.subplots(len(names), heads, squeeze=False)
     for r, name in enumerate(names):
         for h in range(heads):
-            ax = axes[r][h]
+            ax = grid[r][h]
             ax.set_xticks([])
             ax.set_yticks([])
             if h < maps[name].shape[0]:
                 ax.imshow(maps[name][h], cmap="Blues", vmin=0, vmax=1, interpolation="nearest")
             if r == 0:
                 ax.set_title(f"head {h}", fontsize="small")
-            if h == 0:
-                ax.set_ylabel(name, fontsize="x-small")
-    if tokens is not None and len(tokens) <= 40:
-        bottom = axes[-1][0]
-        bottom.set_xticks(range(len(tokens)), list(tokens), fontsize=5, rotation=90)
+        _label_axes(grid[r][0], name, labels.get(name))
     fig.suptitle(title or "attention weights")
-    return _save(fig, path)
+    return fig
+
+
+def plot_attention(
+    maps: Mapping[str, np.ndarray], path: str | pathlib.Path, *, tokens: Sequence[str] | None = None,
+    axes: Mapping[str, AttentionAxes] | None = None, title: str = "",
+) -> pathlib.Path:
+    """A grid of attention maps: one row per attention module, one column per head.
+
+    ``axes`` labels each map's queries and keys (see :func:`posenc.lab.arrays.attention_axes`); ``tokens``, for a
+    model with self-attention only, labels both axes of every map. A label list whose length is not the map's
+    is a ``ValueError``.
+    """
+    return _save(attention_figure(maps, tokens=tokens, axes=axes, title=title), path)
 
 
 def plot_metric_vs_length(

@@ -168,7 +168,9 @@ def markdown_table(
     return "\n".join(lines) + "\n"
 
 
-def curves(rows: Iterable[Row], order: Sequence[str] | None = None) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+def curves(
+    rows: Iterable[Row], order: Sequence[str] | None = None
+) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """``{encoding: (lengths, mean over seeds, std over seeds)}`` for the metric-vs-length plot."""
     table = _by(rows)
     out = {}

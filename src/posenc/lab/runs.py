@@ -1,12 +1,13 @@
 """One (encoding, seed) run of the lab: its config, model, training with resumable checkpoints, evaluation.
 
 This is the small interface ``compare`` and ``extend`` are written against -- ``train_run(config, run_dir)``
-trains (or resumes, or reuses) one run, ``load_run(run_dir)`` gives back its model, and ``evaluate(model,
-config, length)`` measures it at one length. A run directory holds ``run.json`` (the resolved config and the
-step reached), ``model-<step>.safetensors`` and ``optim-<step>.safetensors`` (optimizer moments and the RNG
-state). Each file is written to a temporary name and renamed; ``run.json``, renamed last, names the files of its
-step with their sha256 and is the commit point, so a run killed at any moment resumes from its last complete
-checkpoint (the files of the one before are removed only after it), and a corrupt file is named, not loaded.
+trains (or resumes, or reuses) one run, ``load_run(run_dir)`` gives back its model (a finished run's; an
+unfinished one is refused unless asked for), and ``evaluate(model, config, length)`` measures it at one length.
+A run directory holds ``run.json`` (the resolved config and the step reached), ``model-<step>.safetensors`` and
+``optim-<step>.safetensors`` (optimizer moments and the RNG state). Each file is written to a temporary name
+and renamed; ``run.json``, renamed last, names the files of its step with their sha256 and is the commit point,
+so a run killed at any moment resumes from its last complete checkpoint (the files of the one before are
+removed only after it), and a corrupt file is named, not loaded.
 Batches are a pure function of (seed, step), so a resumed run sees the data an uninterrupted one would.
 
 Legend: B batch, T length, V vocabulary.
@@ -18,22 +19,26 @@ import json
 import math
 import os
 import pathlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, fields
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, load_model, save_file, save_model
 from torch import nn
 
+from .._checks import check_positive_number
 from ..models import LanguageModel, LMConfig, Seq2Seq, Seq2SeqConfig
 from ..train.checkpoint import (
     MODULE_RNG_PREFIX, file_sha256, module_generator_states, restore_module_generators,
 )
 from .tasks import IGNORE, SEQUENCE_TASKS, CharText, SequenceTask
 
-__all__ = ["RunConfig", "evaluate", "is_finished", "load_run", "make_data", "make_model", "train_run"]
+__all__ = [
+    "RunConfig", "check_buildable", "check_lengths", "evaluate", "is_finished", "load_run", "make_data", "make_model",
+    "make_optimizer", "train_run",
+]
 
 
 @dataclass
@@ -78,6 +83,18 @@ class RunConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.warmup < 0:
             raise ValueError(f"warmup must be >= 0, got {self.warmup}")
+        self._check_model_and_optimizer()
+
+    def _check_model_and_optimizer(self) -> None:
+        """Settings the model or the optimizer would refuse only once built: checked here, so that a comparison
+        refuses them before it writes anything to its output directory."""
+        if self.d_model % self.num_heads:
+            raise ValueError(f"d_model={self.d_model} is not divisible by num_heads={self.num_heads}")
+        check_positive_number("lr", self.lr)
+        if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
+            raise ValueError(f"weight_decay must be a finite number >= 0, got {self.weight_decay}")
+        if not 0.0 <= self.dropout <= 1.0:
+            raise ValueError(f"dropout must lie in [0, 1], got {self.dropout}")
 
     @property
     def metric(self) -> str:
@@ -114,6 +131,26 @@ def make_model(config: RunConfig, vocab_size: int) -> nn.Module:
         ))
     # Right padding under a causal mask never reaches a real token, so no padding mask is needed.
     return LanguageModel(LMConfig(vocab_size=vocab_size, num_layers=config.num_layers, **common))
+
+
+def make_optimizer(config: RunConfig, model: nn.Module) -> torch.optim.Optimizer:
+    return torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay, betas=(0.9, 0.98))
+
+
+def check_buildable(configs: Sequence[RunConfig]) -> None:
+    """Build each distinct model (and its optimizer) once and throw it away: a setting that the model or the
+    optimizer refuses fails here, before a comparison writes its setup, not after some runs have trained.
+    The global RNG is left as it was (each run seeds its own)."""
+    seen: set[str] = set()
+    data = None
+    with torch.random.fork_rng(devices=[]):
+        for config in configs:
+            key = json.dumps({k: v for k, v in config.to_dict().items() if k != "seed"}, sort_keys=True)
+            if key in seen:
+                continue
+            seen.add(key)
+            data = data if data is not None else make_data(config)
+            make_optimizer(config, make_model(config, data.vocab_size))
 
 
 def _logits(model: nn.Module, batch: Any) -> torch.Tensor:
@@ -193,6 +230,30 @@ def _check_same(run_dir: pathlib.Path, meta: dict[str, Any], config: RunConfig) 
         raise ValueError(f"{run_dir} holds a run of another config ({listed}); use another output directory")
 
 
+def _check_finished(run_dir: pathlib.Path, meta: dict[str, Any]) -> None:
+    """A run stopped part-way holds the weights of a model still in training: measured or pictured, its numbers
+    would pass for those of the finished run. Refuse, saying how far it got and how to finish it."""
+    step, steps = int(meta["step"]), int(meta["config"]["steps"])
+    if step < steps:
+        command = "posenc extend" if meta["config"].get("init_from") else "posenc compare"
+        raise ValueError(f"{run_dir} is an unfinished run: it stopped at step {step} of {steps} (config.steps); run "
+                         f"`{command}` again with the same settings to finish it (it resumes from step {step})")
+
+
+def check_lengths(
+    config: RunConfig, test_lengths: Sequence[int], *, data: SequenceTask | CharText | None = None
+) -> None:
+    """For ``lm``, the training context and every test length must fit the text: checked before anything trains
+    or is written, rather than as a torch error in training or after a whole run. Sequence tasks have no limit."""
+    if config.task != "lm":
+        return
+    data = data if data is not None else make_data(config)
+    if isinstance(data, CharText):
+        data.check_context(config.train_max)
+        if test_lengths:
+            data.check_eval_length(max(test_lengths))
+
+
 def is_finished(run_dir: str | pathlib.Path, config: RunConfig) -> bool:
     meta = _read_meta(pathlib.Path(run_dir))
     if meta is None:
@@ -221,11 +282,11 @@ def train_run(
 ) -> nn.Module:
     """Train one run to ``config.steps``, resuming from its last checkpoint; a finished run is only loaded."""
     run_dir = pathlib.Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
     data = make_data(config)
+    check_lengths(config, [], data=data)
     torch.manual_seed(config.seed)
     model = make_model(config, data.vocab_size)
-    opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay, betas=(0.9, 0.98))
+    opt = make_optimizer(config, model)
     meta = _read_meta(run_dir)
     step = 0
     if meta is not None:
@@ -236,14 +297,18 @@ def train_run(
         init_meta = _read_meta(init_dir)
         if init_meta is None:
             raise FileNotFoundError(f"init_from {init_dir} holds no run.json: not a posenc lab run directory")
+        _check_finished(init_dir, init_meta)
         _load(_checkpoint_file(init_dir, init_meta, "model"), lambda p: load_model(model, p))
+    run_dir.mkdir(parents=True, exist_ok=True)  # only now: a refused run leaves no directory behind
     model.train()
     seq2seq = config.arch == "seq2seq"
     while step < config.steps:
         if isinstance(data, CharText):
             batch = data.train_batch(config.train_max, config.batch_size, config.seed, step)
         else:
-            batch = data.train_batch(config.train_min, config.train_max, config.batch_size, config.seed, step, seq2seq=seq2seq)
+            batch = data.train_batch(
+                config.train_min, config.train_max, config.batch_size, config.seed, step, seq2seq=seq2seq
+            )
         for group in opt.param_groups:
             group["lr"] = _lr(config, step)
         logits = _logits(model, batch)
@@ -260,8 +325,12 @@ def train_run(
     return model.eval()
 
 
-def load_run(run_dir: str | pathlib.Path) -> tuple[nn.Module, RunConfig]:
-    """The model and config of a run directory (its last checkpoint), in evaluation mode."""
+def load_run(run_dir: str | pathlib.Path, *, allow_unfinished: bool = False) -> tuple[nn.Module, RunConfig]:
+    """The model and config of a run directory (its last checkpoint), in evaluation mode.
+
+    An unfinished run (stopped before ``config.steps``) is refused, naming the step it reached, unless
+    ``allow_unfinished``: measuring or picturing it would report a model that is still half trained.
+    """
     run_dir = pathlib.Path(run_dir)
     meta = _read_meta(run_dir)
     if meta is None:
@@ -269,6 +338,8 @@ def load_run(run_dir: str | pathlib.Path) -> tuple[nn.Module, RunConfig]:
             raise FileNotFoundError(f"{run_dir} is a run of `posenc train` (config.json); this takes a run of `posenc "
                                     "compare` or `posenc extend` (OUT/runs/NAME, with a run.json)")
         raise FileNotFoundError(f"{run_dir} holds no run.json: not a posenc lab run directory")
+    if not allow_unfinished:
+        _check_finished(run_dir, meta)
     config = RunConfig.from_dict(meta["config"])
     model = make_model(config, make_data(config).vocab_size)
     _load(_checkpoint_file(run_dir, meta, "model"), lambda p: load_model(model, p))
@@ -276,7 +347,9 @@ def load_run(run_dir: str | pathlib.Path) -> tuple[nn.Module, RunConfig]:
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, config: RunConfig, length: int, *, data: SequenceTask | CharText | None = None, chunk: int = 100) -> float:
+def evaluate(
+    model: nn.Module, config: RunConfig, length: int, *, data: SequenceTask | CharText | None = None, chunk: int = 100
+) -> float:
     """Exact match at task length ``length`` (tasks), or perplexity with ``length``-character non-overlapping
     windows (lm)."""
     data = data if data is not None else make_data(config)
@@ -300,8 +373,18 @@ def evaluate(model: nn.Module, config: RunConfig, length: int, *, data: Sequence
     return right / batch.size
 
 
-def encode_input(config: RunConfig, text: str) -> tuple[tuple[torch.Tensor, ...], list[str]]:
-    """A picture's input for a run: the model's positional arguments and a label per position.
+class PictureInput(NamedTuple):
+    """A picture's input: the model's positional arguments, a label per position of the sequence a decoder reads
+    (the whole sequence of a decoder-only model, the target of a seq2seq one), and a label per source position
+    (seq2seq only, else None): cross-attention's keys are source positions, its queries target ones."""
+
+    inputs: tuple[torch.Tensor, ...]
+    labels: list[str]
+    source_labels: list[str] | None = None
+
+
+def encode_input(config: RunConfig, text: str) -> PictureInput:
+    """A picture's input for a run (see :class:`PictureInput`).
 
     For a sequence task ``text`` is the task input as symbol ids separated by spaces (``"3 1 4 1 5"``) and the
     model sees the whole worked example (input, separator, answer); for ``lm`` it is raw text.
@@ -314,7 +397,7 @@ def encode_input(config: RunConfig, text: str) -> tuple[tuple[torch.Tensor, ...]
         unknown = sorted({c for c in text if c not in index})
         if unknown:
             raise ValueError(f"characters {unknown} are not in the vocabulary of {data.path}")
-        return (torch.tensor([[index[c] for c in text]]),), list(text)
+        return PictureInput((torch.tensor([[index[c] for c in text]]),), list(text))
     try:
         x = [int(t) for t in text.split()]
     except ValueError:
@@ -324,8 +407,9 @@ def encode_input(config: RunConfig, text: str) -> tuple[tuple[torch.Tensor, ...]
     xs = torch.tensor(x)
     y = xs.flip(0) if data.name == "reverse" else xs
     names = {data.sep: "SEP", data.eos: "EOS", data.bos: "BOS"}
+    label = [names.get(int(t), str(int(t))) for t in (*xs, data.sep, *y)]
     if config.arch == "seq2seq":
         tgt = torch.cat([torch.tensor([data.bos]), y])
-        return (xs[None], tgt[None]), [names.get(int(t), str(int(t))) for t in tgt]
+        return PictureInput((xs[None], tgt[None]), [names[data.bos], *label[len(x) + 1 :]], label[: len(x)])
     seq = torch.cat([xs, torch.tensor([data.sep]), y])
-    return (seq[None],), [names.get(int(t), str(int(t))) for t in seq]
+    return PictureInput((seq[None],), label)

@@ -45,7 +45,9 @@ class SequenceTask:
 
     def __post_init__(self) -> None:
         if self.name not in SEQUENCE_TASKS:
-            raise ValueError(f"task must be one of {', '.join(SEQUENCE_TASKS)} (or 'lm' with a text file); got {self.name!r}")
+            raise ValueError(
+                f"task must be one of {', '.join(SEQUENCE_TASKS)} (or 'lm' with a text file); got {self.name!r}"
+            )
         if self.symbols < 2:
             raise ValueError(f"a task needs at least 2 symbols, got {self.symbols}")
 
@@ -139,7 +141,23 @@ class CharText:
     def vocab_size(self) -> int:
         return len(self.chars)
 
+    def check_context(self, length: int) -> None:
+        """A training window of ``length`` inputs and its next character must fit the training text with room to
+        start at more than one place."""
+        if length + 2 > len(self.train):
+            raise ValueError(f"training context {length} is too long for {self.path}: its training text (the first "
+                             f"90%) has {len(self.train)} characters, and a context of n needs n + 2; give a "
+                             f"context of at most {len(self.train) - 2} or a longer text")
+
+    def check_eval_length(self, length: int) -> None:
+        """One evaluation window of ``length`` predicted characters must fit the validation text."""
+        if length + 1 > len(self.valid):
+            raise ValueError(f"test length {length} exceeds the {len(self.valid) - 1} validation characters of "
+                             f"{self.path} (the last 10% of {len(self.train) + len(self.valid)}); give test lengths "
+                             f"of at most {len(self.valid) - 1} or a longer text")
+
     def train_batch(self, length: int, batch_size: int, seed: int, step: int) -> Batch:
+        self.check_context(length)
         gen = torch.Generator().manual_seed(_stream(seed, step, 2))
         start = torch.randint(0, len(self.train) - length - 1, (batch_size,), generator=gen)
         idx = start[:, None] + torch.arange(length + 1)  # (B, T + 1)
@@ -149,8 +167,7 @@ class CharText:
     def eval_windows(self, length: int, max_tokens: int) -> Batch:
         """Non-overlapping windows of ``length`` predicted tokens over the first ``max_tokens`` of validation
         text (rounded down to whole windows, at least one)."""
-        if length + 1 > len(self.valid):
-            raise ValueError(f"evaluation length {length} exceeds the {len(self.valid) - 1} validation characters")
+        self.check_eval_length(length)
         count = max(1, min(max_tokens, len(self.valid) - 1) // length)
         idx = torch.arange(count)[:, None] * length + torch.arange(length + 1)  # (N, T + 1)
         window = self.valid[idx]
