@@ -36,6 +36,7 @@ def _cfg(tmp_path: pathlib.Path) -> RunConfig:
     (ValueError, "optim", "beta2", 1.0, r"optim.beta2 must lie in \[0, 1\), got 1.0"),
     (ValueError, "train", "threads", -2, "train.threads .* must be a finite number >= 0, got -2"),
     (ValueError, "train", "seed", -1, "train.seed must be a finite number >= 0, got -1"),
+    (ValueError, "data", "batch_size", 0, "data.batch_size must be >= 1, got 0"),
     (ValueError, "train", "keep_checkpoints", -1, "train.keep_checkpoints .* >= 0, got -1"),
     (ValueError, "train", "time_limit", -1.0, "train.time_limit .* >= 0, got -1.0"),
     (ValueError, "train", "parallel", "zero", "train.parallel must be one of 'ddp', 'fsdp'; got 'zero'"),
@@ -76,3 +77,21 @@ def test_the_command_line_refuses_the_same_and_abbreviated_settings(tmp_path, ca
         main(["train", "--run-dir", run, "--train.step", "7"])
     assert "unrecognized arguments: --train.step" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("settings, message", [
+    ({"kind": "text", "tokenizer": "bpe", "bpe_vocab_size": 100},
+     r"data.bpe_vocab_size must be >= 259 \(256 bytes \+ the special tokens\), got 100"),
+    ({"kind": "translation", "bpe_vocab_size": 5}, "data.bpe_vocab_size must be >= 259"),
+    ({"kind": "text", "block_size": 0}, "data.block_size must be >= 1, got 0"),
+    ({"kind": "text", "val_fraction": 1.0}, r"data.val_fraction must lie in \(0, 1\), got 1.0"),
+    ({"kind": "text", "tokenizer": "words"}, "data.tokenizer must be one of 'char', 'bpe'; got 'words'"),
+    ({"kind": "translation", "max_tokens": 0}, "data.max_tokens must be >= 1, got 0"),
+])
+def test_data_settings_are_named(tmp_path: pathlib.Path, settings: dict, message: str) -> None:
+    """Checked as settings up front: the dataset builders would name their own parameters (``vocab_size``)."""
+    cfg = _cfg(tmp_path)
+    for name, value in settings.items():
+        setattr(cfg.data, name, value)
+    with pytest.raises(ValueError, match=message):
+        check_run_config(cfg)

@@ -24,10 +24,11 @@ from tokenizers import decoders, models, pre_tokenizers, trainers
 
 from .tokenizers import register_tokenizer
 
-__all__ = ["BPETokenizer", "SPECIALS"]
+__all__ = ["BPETokenizer", "SPECIALS", "VOCAB_FLOOR"]
 
 SPECIALS = ("<pad>", "<bos>", "<eos>")
 _OFFSET = len(SPECIALS)
+VOCAB_FLOOR = 256 + _OFFSET  # the smallest vocabulary: every byte, then the specials
 
 
 def _check_text(text: Any, where: str) -> str:
@@ -58,7 +59,7 @@ class BPETokenizer:
 
         The vocabulary can come out smaller when the texts have fewer pairs above ``min_frequency``.
         """
-        floor = 256 + _OFFSET
+        floor = VOCAB_FLOOR
         if isinstance(vocab_size, bool) or not isinstance(vocab_size, int) or vocab_size < floor:
             raise ValueError(f"vocab_size must be an int >= {floor} (256 bytes + {_OFFSET} specials), got {vocab_size!r}")
         hf = HFTokenizer(models.BPE())

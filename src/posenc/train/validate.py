@@ -7,6 +7,7 @@ from __future__ import annotations
 import math
 
 from .._checks import check_choice, check_positive_number
+from ..data.bpe import VOCAB_FLOOR as BPE_VOCAB_FLOOR
 from .config import RunConfig, check_types
 from .distributed import PARALLEL_MODES
 from .faults import NONFINITE_POLICIES
@@ -76,9 +77,33 @@ def _check_model_and_eval(cfg: RunConfig) -> None:
                          f"{cfg.data.kind!r}")
 
 
+def _check_data(cfg: RunConfig) -> None:
+    """The data settings the dataset builders would refuse under their own parameter names (``batch_size``), named
+    as settings here; only those of the chosen ``data.kind`` are looked at."""
+    d = cfg.data
+    if d.batch_size < 1:
+        raise ValueError(f"data.batch_size must be >= 1, got {d.batch_size}")
+    if d.kind == "text":
+        check_choice("data.tokenizer", d.tokenizer, ("char", "bpe"))
+        if d.block_size < 1:
+            raise ValueError(f"data.block_size must be >= 1, got {d.block_size}")
+        if not 0.0 < d.val_fraction < 1.0:
+            raise ValueError(f"data.val_fraction must lie in (0, 1), got {d.val_fraction}")
+    if d.kind == "translation":
+        for what, v in (("data.max_len", d.max_len), ("data.max_tokens", d.max_tokens)):
+            if v < 1:
+                raise ValueError(f"{what} must be >= 1, got {v}")
+    if d.kind == "translation" or (d.kind == "text" and d.tokenizer == "bpe"):
+        floor = BPE_VOCAB_FLOOR
+        if d.bpe_vocab_size < floor:
+            raise ValueError(f"data.bpe_vocab_size must be >= {floor} (256 bytes + the special tokens), got "
+                             f"{d.bpe_vocab_size}")
+
+
 def check_run_config(cfg: RunConfig) -> None:
     """A TypeError or ValueError naming the first setting of ``cfg`` that cannot run."""
     check_types(cfg)
     _check_train(cfg)
     _check_optim(cfg)
+    _check_data(cfg)
     _check_model_and_eval(cfg)
