@@ -208,3 +208,12 @@ def test_tables_are_exact_after_a_round_trip_through_half_precision(dtype):
     enc.to(dtype).float()
     for got, expected in zip(enc.cos_sin(pos), want):
         torch.testing.assert_close(got, expected, rtol=0, atol=0)
+
+
+def test_positions_that_do_not_match_the_rows_are_named():
+    rope = RoPE(head_dim=8)
+    q, k = torch.randn(1, 2, 3, 8), torch.randn(1, 2, 5, 8)
+    with pytest.raises(ValueError, match=r"q_pos holds 5 positions \(shape \(5,\)\) for 3 q rows"):
+        rope.rotate(q, k, torch.arange(5), torch.arange(5))
+    with pytest.raises(ValueError, match=r"k_pos holds 3 positions \(shape \(1, 3\)\) for 5 k rows"):
+        rope.rotate(q, k, torch.arange(3), torch.arange(3)[None])

@@ -237,6 +237,10 @@ class RoPE(PositionalEncoding):
         return self._rotate_with(x, *self.cos_sin(pos, length))
 
     def rotate(self, q: Tensor, k: Tensor, q_pos: Tensor, k_pos: Tensor) -> tuple[Tensor, Tensor]:
+        for name, x, pos in (("q", q, q_pos), ("k", k, k_pos)):
+            if pos.shape[-1] != x.shape[-2]:  # (B, H, T, Dh) against (T,) or (B, T)
+                raise ValueError(f"{name}_pos holds {pos.shape[-1]} positions (shape {tuple(pos.shape)}) for "
+                                 f"{x.shape[-2]} {name} rows (shape {tuple(x.shape)})")
         if self.dynamic and k_pos.dim() == 2 and k_pos.numel() and q_pos.numel():
             return self._rotate_rows(q, k, q_pos, k_pos)
         length = int(k_pos.max()) + 1 if k_pos.numel() else 0
