@@ -97,3 +97,23 @@ def test_seq2seq_names_a_bad_layer_count(field):
     cfg = Seq2SeqConfig(src_vocab_size=5, tgt_vocab_size=5, d_model=16, num_heads=2, **{field: 0})
     with pytest.raises(ValueError, match=f"{field} must be positive, got 0"):
         Seq2Seq(cfg)
+
+
+@pytest.mark.parametrize("build, error, message", [
+    (lambda: LanguageModel(LMConfig(vocab_size=10, pad_id=10)), ValueError,
+     "pad_id=10 is not an id of the vocabulary of 10 tokens"),
+    (lambda: LanguageModel(LMConfig(vocab_size=10, pad_id=-1)), ValueError, "pad_id=-1 is not an id"),
+    (lambda: Seq2Seq(Seq2SeqConfig(src_vocab_size=50, tgt_vocab_size=20, pad_id=30)), ValueError,
+     "pad_id=30 is not an id of the target vocabulary of 20 tokens"),
+    (lambda: Seq2Seq(Seq2SeqConfig(src_vocab_size=50, tgt_vocab_size=20, pad_id=None)), TypeError,
+     "pad_id must be an int, got NoneType None"),
+])
+def test_a_pad_id_outside_the_vocabulary_is_named(build, error, message):
+    """An id no token can have would never mask any padding (and None crashed Seq2Seq's encoder)."""
+    with pytest.raises(error, match=message):
+        build()
+
+
+def test_dim_feedforward_is_named():
+    with pytest.raises(ValueError, match="dim_feedforward must be positive, got 0"):
+        LanguageModel(LMConfig(vocab_size=10, dim_feedforward=0))

@@ -55,8 +55,8 @@ def test_gradients_match_torch():
 
 
 def test_sinusoidal_changes_the_output_and_is_order_aware():
-    model = Transformer(32, 4, 1, 1, 64, 0.0, positional_encoding="sinusoidal")
-    nope = Transformer(32, 4, 1, 1, 64, 0.0, positional_encoding="none")
+    model = Transformer(32, 4, 1, 1, 64, 0.0, batch_first=True, positional_encoding="sinusoidal")
+    nope = Transformer(32, 4, 1, 1, 64, 0.0, batch_first=True, positional_encoding="none")
     nope.load_state_dict(model.state_dict())
     src, tgt = torch.randn(1, 6, 32), torch.randn(1, 3, 32)
     perm = torch.tensor([5, 4, 3, 2, 1, 0])
@@ -68,7 +68,7 @@ def test_sinusoidal_changes_the_output_and_is_order_aware():
 def test_bad_input():
     with pytest.raises(ValueError, match="d_model=30 is not divisible by nhead=4"):
         Transformer(30, 4)
-    model = Transformer(16, 2, 1, 1, 32)
+    model = Transformer(16, 2, 1, 1, 32, batch_first=True)
     with pytest.raises(ValueError, match=r"batch size of src \(2\) and tgt \(3\)"):
         model(torch.randn(2, 4, 16), torch.randn(3, 4, 16))
     with pytest.raises(ValueError, match="3 dimensions"):
@@ -176,3 +176,17 @@ def test_a_shared_absolute_encoding_embeds_at_its_first_layer_only():
     torch.testing.assert_close(shared(x), once(x), rtol=0, atol=0)
     distinct = TransformerEncoder(positional_encoding=["sinusoidal", "none", "sinusoidal:base=5000"], **kw)
     assert distinct.embed_at == [0, 2]
+
+
+@pytest.mark.filterwarnings("ignore:enable_nested_tensor")
+def test_the_constructor_defaults_are_torchs():
+    """A model swapped in for torch's reads the same (S, B, D) tensors: batch_first is False by default (it was
+    True, and (S, B, D) inputs with S == T were silently read as (B, S, D)); device and dtype are taken."""
+    torch.manual_seed(0)
+    ref = torch.nn.Transformer(16, 2, 1, 1, 32, 0.0).double().eval()
+    ours = Transformer(16, 2, 1, 1, 32, 0.0, positional_encoding="none", dtype=torch.float64).eval()
+    assert ours.batch_first is ref.batch_first is False
+    assert {p.dtype for p in ours.parameters()} == {torch.float64}
+    ours.load_state_dict(Transformer.from_torch(ref).state_dict())
+    src, tgt = torch.randn(6, 2, 16, dtype=torch.float64), torch.randn(6, 2, 16, dtype=torch.float64)  # (S, B, D)
+    torch.testing.assert_close(ours(src, tgt), ref(src, tgt), atol=1e-12, rtol=0)

@@ -68,6 +68,19 @@ class Seq2SeqConfig:
         return asdict(self)
 
 
+def _check_pad_id(pad_id: Any, vocabularies: dict[str, int], *, optional: bool) -> None:
+    """``pad_id`` an id of every vocabulary it pads: one outside them could never match a token, and padding
+    would silently never be masked."""
+    if pad_id is None and optional:
+        return
+    if isinstance(pad_id, bool) or not isinstance(pad_id, int):
+        raise TypeError(f"pad_id must be an int{' or None' if optional else ''}, got {type(pad_id).__name__} "
+                        f"{pad_id!r}")
+    for name, size in vocabularies.items():
+        if not 0 <= pad_id < size:
+            raise ValueError(f"pad_id={pad_id} is not an id of the {name} of {size} tokens")
+
+
 def _embedding(vocab: int, width: int) -> nn.Embedding:
     emb = nn.Embedding(vocab, width)
     nn.init.normal_(emb.weight, std=width**-0.5)  # unit variance after the sqrt(d) scale
@@ -87,6 +100,7 @@ class LanguageModel(nn.Module):
     def __init__(self, config: LMConfig) -> None:
         super().__init__()
         check_positive_int("vocab_size", config.vocab_size)
+        _check_pad_id(config.pad_id, {"vocabulary": config.vocab_size}, optional=True)
         self.config = config
         self.stack = TransformerEncoder(
             d_model=config.d_model, nhead=config.num_heads, num_layers=config.num_layers,
@@ -134,6 +148,8 @@ class Seq2Seq(nn.Module):
         check_positive_int("tgt_vocab_size", config.tgt_vocab_size)
         check_positive_int("num_encoder_layers", config.num_encoder_layers)
         check_positive_int("num_decoder_layers", config.num_decoder_layers)
+        _check_pad_id(config.pad_id, {"source vocabulary": config.src_vocab_size,
+                                      "target vocabulary": config.tgt_vocab_size}, optional=False)
         self.config = config
         common = dict(
             d_model=config.d_model, nhead=config.num_heads, dim_feedforward=config.dim_feedforward,

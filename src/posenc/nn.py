@@ -1,7 +1,9 @@
 """``posenc.nn.Transformer``: a drop-in for ``torch.nn.Transformer`` that has the positional encoding built in.
 
-Same constructor and ``forward`` as torch's (inputs are embeddings; masks in torch's conventions), plus
-``positional_encoding`` and explicit ``src_positions`` / ``tgt_positions``. ``Transformer.from_torch`` copies a
+Same constructor and ``forward`` as torch's (inputs are embeddings; masks in torch's conventions; ``batch_first``
+False by default, as in torch, so a swapped-in model reads the same ``(S, B, D)`` tensors; ``device`` and
+``dtype``), plus ``positional_encoding`` and explicit ``src_positions`` / ``tgt_positions``; torch's
+``custom_encoder`` / ``custom_decoder`` are not taken (the stacks are posenc's). ``Transformer.from_torch`` copies a
 ``torch.nn.Transformer``'s weights; with the encoding ``"none"`` the outputs then equal torch's.
 
 Legend: B batch, S source length, T target length, D model width.
@@ -41,9 +43,11 @@ class Transformer(nn.Module):
         positional_encoding: EncodingSpec = "sinusoidal",
         decoder_positional_encoding: EncodingSpec | None = None,
         layer_norm_eps: float = 1e-5,
-        batch_first: bool = True,
+        batch_first: bool = False,
         norm_first: bool = False,
         bias: bool = True,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
         common = dict(
@@ -54,6 +58,8 @@ class Transformer(nn.Module):
         self.encoder = TransformerEncoder(num_layers=num_encoder_layers, positional_encoding=positional_encoding, **common)
         self.decoder = TransformerDecoder(num_layers=num_decoder_layers, positional_encoding=dec_spec, **common)
         self.d_model, self.nhead, self.batch_first = d_model, nhead, batch_first
+        if device is not None or dtype is not None:
+            self.to(device=device, dtype=dtype)
 
     def forward(
         self,
@@ -72,7 +78,8 @@ class Transformer(nn.Module):
         src_positions: Tensor | None = None,
         tgt_positions: Tensor | None = None,
     ) -> Tensor:
-        """``src`` ``(B, S, D)`` and ``tgt`` ``(B, T, D)`` embeddings -> ``(B, T, D)``."""
+        """``src`` ``(S, B, D)`` and ``tgt`` ``(T, B, D)`` embeddings -> ``(T, B, D)``; ``(B, S, D)``,
+        ``(B, T, D)`` -> ``(B, T, D)`` with ``batch_first=True``."""
         check_rank("src", src, 3)
         check_rank("tgt", tgt, 3)
         batch_dim = 0 if self.batch_first else 1

@@ -78,6 +78,7 @@ class _Stack(nn.Module):
         causal: bool = False,
     ) -> None:
         super().__init__()
+        check_positive_int("dim_feedforward", dim_feedforward)  # 0 would build layers with no feed-forward block
         # A decoder's self-attention is causal in use, so its encodings are built for the causal case.
         encs = self._setup_encodings(positional_encoding, num_layers, d_model, nhead, causal or self._causal_in_use)
         self.layers = nn.ModuleList(
