@@ -249,3 +249,22 @@ def test_backward_is_the_same_mask_and_scale_gradcheck_and_bf16():
     keep = keep_mask(xb.shape, 0.3)
     assert xb.grad.dtype == torch.bfloat16
     assert torch.equal(xb.grad, (g.float() * keep * (1 / (1 - quantized_p(0.3)))).bfloat16())
+
+
+@pytest.mark.parametrize("n", [100, 1 << 20])  # one piece, and chunks
+def test_p_at_the_limits_keeps_or_drops_everything_whatever_the_size(n):
+    """p = 1 kept everything in a small mask and dropped everything in a chunked one (the int16 threshold wrapped)."""
+    for p, want in ((0.0, 1.0), (1.0, 0.0), (1e-7, 1.0), (1 - 1e-7, 0.0)):
+        assert float(keep_mask((n,), p, dtype=torch.float32).mean()) == want
+        assert float(keep_product(torch.ones(n), p).mean()) == want
+        assert float(dropout.relu_keep_(torch.ones(n), p).mean()) == want
+
+
+@pytest.mark.parametrize("p", [1.5, -0.5, float("nan")])
+def test_a_p_outside_0_1_is_named(p):
+    for call in (lambda: keep_mask((4,), p), lambda: keep_product(torch.ones(4), p),
+                 lambda: dropout.relu_keep_(torch.ones(4), p), lambda: dropout.keep_scale(p)):
+        with pytest.raises(ValueError, match="the drop probability p must lie in"):
+            call()
+    with pytest.raises(ValueError, match="keep_scale: p=1.0 drops every entry"):
+        dropout.keep_scale(1.0)

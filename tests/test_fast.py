@@ -214,3 +214,41 @@ def test_reuse_freed_memory_names_a_bad_threshold(kw):
     (name, value), = kw.items()
     with pytest.raises(ValueError, match=f"{name} must be a whole number of bytes .* got {value!r}"):
         reuse_freed_memory(**kw)
+
+
+@pytest.mark.parametrize("encoding", ["sinusoidal", "alibi"])
+def test_a_row_blocked_with_float32_min_stays_finite_in_bf16(encoding: str) -> None:
+    """A mask that blocks with torch.finfo(torch.float32).min (not -inf) became -inf in bf16, and its row NaN on
+    the fast path; it is clamped into bf16's range now, giving the finite weights float32 gives."""
+    from posenc.nn import TransformerEncoder
+
+    torch.manual_seed(0)
+    model = use_fast_path(TransformerEncoder(d_model=16, nhead=2, num_layers=1, dim_feedforward=32, dropout=0.1,
+                                             positional_encoding=encoding))
+    mask = torch.zeros(6, 6)
+    mask[0, :] = torch.finfo(torch.float32).min
+    x = torch.randn(2, 6, 16, requires_grad=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = model(x, mask)
+    y.float().sum().backward()
+    assert torch.isfinite(y).all() and torch.isfinite(x.grad).all()
+
+
+def test_a_dropout_with_hooks_is_kept_and_its_hooks_fire() -> None:
+    lm = LanguageModel(LMConfig(vocab_size=20, d_model=16, num_heads=2, num_layers=1, dim_feedforward=32,
+                                activation="relu", dropout=0.1))
+    drop = lm.stack.layers[0].ff.dropout
+    calls = []
+    drop.register_forward_hook(lambda *args: calls.append(1))
+    use_fast_path(lm).train()
+    assert lm.stack.layers[0].ff.dropout is drop and type(drop) is nn.Dropout
+    lm(torch.randint(0, 20, (2, 5)))
+    assert calls == [1]  # the feed-forward block did not fuse past the hooked dropout
+
+
+def test_an_empty_batch_trains_on_the_fast_path() -> None:
+    lm = use_fast_path(LanguageModel(LMConfig(vocab_size=20, d_model=16, num_heads=2, num_layers=1,
+                                              dim_feedforward=32, dropout=0.1))).train()
+    out = lm(torch.zeros(0, 5, dtype=torch.long))
+    assert out.shape == (0, 5, 20)
+    out.sum().backward()

@@ -241,3 +241,8 @@ def test_packed_attention_names_a_bool_mask_and_bad_shapes():
         packed_attention(x, None, heads=5, mask=None, p=0.1)
     with pytest.raises(ValueError, match=r"x_kv must be .* got \(3, 7, 8\)"):
         packed_attention(torch.randn(2, 5, 4), torch.randn(3, 7, 8), heads=2, mask=None, p=0.1)
+    for heads in (0, -2, 2.0):
+        with pytest.raises(ValueError, match=f"heads must be a positive int, got {heads}"):
+            packed_attention(x, None, heads=heads, mask=None, p=0.1)
+    with pytest.raises(ValueError, match=r"a \(Tq, Tk\) or \(B\|1, H\|1, Tq, Tk\) mask, got shape \(2, 5, 5\)"):
+        packed_attention(x, None, heads=2, mask=torch.zeros(2, 5, 5), p=0.1)  # (B, Tq, Tk) would meet the heads

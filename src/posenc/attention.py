@@ -265,7 +265,7 @@ class MultiHeadAttention(nn.Module):
                  or enc.uses_causal_attention)
         mask_ok = mask is None or (mask.dead_rows is None and (mask.added is None or not mask.added.requires_grad))
         memory_ok = not self.cross or (memory is not None and memory.shape[0] == x.shape[0])
-        return (self.fast_dropout and representable(p) and cache is None and not hooks  # representable: p > 0
+        return (self.fast_dropout and representable(p) and cache is None and not hooks and x.numel() > 0  # p > 0
                 and not self.use_math and not self.capture_weights and mask_ok and memory_ok)
 
     def _packed(self, x: Tensor, memory: Tensor | None, mask: AttentionMask | None, p: float) -> Tensor:

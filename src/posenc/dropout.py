@@ -25,6 +25,8 @@ This is opt-in (``posenc.fast.use_fast_path``); the modules' default dropout is 
 
 from __future__ import annotations
 
+import math
+import numbers
 import os
 from concurrent.futures import ThreadPoolExecutor
 
@@ -45,6 +47,13 @@ _INT64_MIN = torch.iinfo(torch.int64).min
 def _threshold(p: float) -> int:
     """The int16 threshold with ``P(half >= threshold) = 1 - quantized_p(p)`` for a uniform 16-bit ``half``."""
     return round(p * _LEVELS) - _LEVELS // 2
+
+
+def _check_p(p: float, name: str) -> None:
+    """A drop probability in [0, 1]: NaN or a value outside gave masks that wrapped around the int16 threshold and
+    depended on the tensor's size."""
+    if isinstance(p, bool) or not isinstance(p, numbers.Real) or not 0.0 <= p <= 1.0:
+        raise ValueError(f"{name}: the drop probability p must lie in [0, 1], got {p!r}")
 
 
 def quantized_p(p: float) -> float:
@@ -200,9 +209,13 @@ def keep_mask(shape: torch.Size | tuple[int, ...], p: float, *, device: torch.de
     words is compared chunk by chunk as its words are drawn (:func:`_fill_mask`); the mask is the same as the
     halves of :func:`random_words` compared in one pass.
     """
+    _check_p(p, "keep_mask")
     n = 1
     for s in shape:
         n *= s
+    if not representable(p):  # p rounds to 0 (keep all) or 1 (drop all): beyond the int16 threshold's range
+        keep = quantized_p(p) < 0.5
+        return torch.full(tuple(shape), keep, dtype=dtype, device=device)
     threshold = _threshold(p)
     if _in_chunks(n, torch.device(device or "cpu"), dtype):
         mask = torch.empty(n, dtype=dtype)
@@ -219,7 +232,8 @@ def keep_mask(shape: torch.Size | tuple[int, ...], p: float, *, device: torch.de
 def _kept(src: Tensor, dst: Tensor, p: float, relu: bool, generator: torch.Generator | None) -> bool:
     """``dst <- f(src) * m`` chunk by chunk on the mask threads (:func:`_fill_kept`), ``m`` the :func:`keep_mask` of
     the same generator state; False (nothing done, nothing drawn) where the mask would not be drawn in chunks."""
-    if not (_in_chunks(src.numel(), src.device, src.dtype) and src.is_floating_point() and src.is_contiguous()):
+    if not (_in_chunks(src.numel(), src.device, src.dtype) and src.is_floating_point() and src.is_contiguous()
+            and representable(p)):
         return False
     pairs = tuple(zip(src.view(-1).split(_chunk_entries()), dst.view(-1).split(_chunk_entries())))
     _on_threads(_fill_kept, pairs, _chunk_seeds(len(pairs), generator), _threshold(p), relu)
@@ -243,6 +257,7 @@ def relu_keep_(h: Tensor, p: float, *, generator: torch.Generator | None = None)
     forward); its version counter is advanced, so a saved copy of it is caught by autograd as modified.
     """
     _refuse_grad(h, "relu_keep_", "writes h in place outside autograd")
+    _check_p(p, "relu_keep_")
     if _kept(h, h, p, True, generator):
         torch.autograd.graph.increment_version(h)
         return h
@@ -260,6 +275,7 @@ def keep_product(x: Tensor, p: float, *, generator: torch.Generator | None = Non
     ``torch.no_grad()`` or inside an autograd function's forward), where the result would silently have none.
     """
     _refuse_grad(x, "keep_product", "is not differentiable")
+    _check_p(p, "keep_product")
     out = torch.empty_like(x, memory_format=torch.contiguous_format)
     with torch.no_grad():
         if _kept(x, out, p, False, generator):
@@ -289,6 +305,9 @@ class _ScaledMask(torch.autograd.Function):
 
 def keep_scale(p: float) -> float:
     """The factor of inverted dropout's kept entries, ``1 / (1 - quantized_p(p))``: E[y] = x exactly."""
+    _check_p(p, "keep_scale")
+    if quantized_p(p) >= 1.0:
+        raise ValueError(f"keep_scale: p={p} drops every entry (to the mask's 16-bit resolution): nothing to scale")
     return 1.0 / (1.0 - quantized_p(p))
 
 
@@ -301,7 +320,7 @@ def apply_mask(x: Tensor, ones: Tensor, scale: float) -> Tensor:
 def representable(p: float) -> bool:
     """Whether the 16-bit mask drops with probability ``p`` to its resolution: ``0 < quantized_p(p) < 1``, i.e.
     ``2^-17 < p < 1 - 2^-17`` (a smaller ``p`` would round to no dropout at all, a larger one to dropping all)."""
-    return 0.0 < quantized_p(p) < 1.0
+    return math.isfinite(p) and 0.0 < quantized_p(p) < 1.0
 
 
 def fast_dropout(x: Tensor, p: float, training: bool = True, *, generator: torch.Generator | None = None) -> Tensor:

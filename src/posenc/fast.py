@@ -29,7 +29,7 @@ from torch import nn
 
 from .attention import MultiHeadAttention
 from .dropout import FastDropout
-from .layers import FeedForward
+from .layers import FeedForward, has_hooks
 
 __all__ = ["flush_denormals", "reuse_freed_memory", "use_fast_path"]
 
@@ -39,11 +39,15 @@ M = TypeVar("M", bound=nn.Module)
 def use_fast_path(model: M, enabled: bool = True) -> M:
     """Switch ``model`` (in place) to the fast path, or back to the plain one with ``enabled=False``.
 
-    An ``nn.Dropout(inplace=True)`` is left as it is (the fast dropout writes a new tensor)."""
+    An ``nn.Dropout(inplace=True)`` is left as it is (the fast dropout writes a new tensor), and so is a dropout
+    module with hooks (a new module would not carry them; a feed-forward block whose dropout has hooks then keeps
+    the modules' own path, so the hooks keep firing)."""
     for module in list(model.modules()):
         if isinstance(module, (MultiHeadAttention, FeedForward)):
             module.fast_dropout = enabled
         for name, child in list(module.named_children()):
+            if has_hooks(child):
+                continue
             if enabled and type(child) is nn.Dropout and not child.inplace:
                 setattr(module, name, FastDropout(child.p).train(child.training))
             elif not enabled and type(child) is FastDropout:

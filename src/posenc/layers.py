@@ -37,7 +37,8 @@ def activation_fn(activation: str | Callable[[Tensor], Tensor]) -> Callable[[Ten
     return _ACTIVATIONS[activation]
 
 
-def _hooked(m: nn.Module) -> bool:
+def has_hooks(m: nn.Module) -> bool:
+    """Whether ``m`` has forward or backward hooks of its own (a fused path or a replaced module would skip them)."""
     return bool(m._forward_hooks or m._forward_pre_hooks or m._backward_hooks or m._backward_pre_hooks)
 
 
@@ -78,7 +79,7 @@ class FeedForward(nn.Module):
         drop = self.dropout
         return (self.fast_dropout and relu and type(drop) in (nn.Dropout, FastDropout) and drop.training
                 and representable(drop.p) and all(type(m) is nn.Linear for m in parts[:2])
-                and not any(_hooked(m) for m in parts) and not _global_hooks())
+                and not any(has_hooks(m) for m in parts) and not _global_hooks())
 
     def forward(self, x: Tensor) -> Tensor:
         if self.training and self._fuses():

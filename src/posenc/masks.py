@@ -26,6 +26,15 @@ def neg_large(dtype: torch.dtype) -> float:
     return torch.finfo(dtype).min / 4
 
 
+def _within_range(added: Tensor, dtype: torch.dtype) -> Tensor:
+    """A float mask's finite part in ``dtype``, clamped to half its range first. Cast as it is, a mask built with
+    ``torch.finfo(torch.float32).min`` (a common way to block a key) becomes -inf in bf16 and fp16, and a row of
+    such entries NaN where float32 gives finite weights; half the range also leaves room for a blocked entry's
+    :func:`neg_large` and a bias to be added without overflow."""
+    limit = torch.finfo(dtype).max / 2
+    return added.clamp(-limit, limit).to(dtype)
+
+
 def causal_blocked(q_len: int, k_len: int, device: torch.device | None = None) -> Tensor:
     """``(Tq, Tk)`` bool, True where key j lies after query i; the queries are the *last* Tq of the keys
     (bottom-right alignment), which is what a KV cache needs. SDPA's ``is_causal`` aligns top-left instead."""
@@ -108,7 +117,8 @@ class AttentionMask:
                 base = torch.zeros(blocked.shape, dtype=dtype, device=blocked.device)
                 base.masked_fill_(blocked, neg_large(dtype))
             if self.added is not None:
-                base = self.added.to(dtype) if base is None else base + self.added.to(dtype)
+                added = _within_range(self.added, dtype)
+                base = added if base is None else base + added
             self._float[dtype] = base
         return self._float[dtype]
 

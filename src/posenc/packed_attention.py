@@ -129,9 +129,14 @@ def packed_attention(x_q: Tensor, x_kv: Tensor | None, *, heads: int, mask: Tens
     """
     if not representable(p):
         raise ValueError(f"packed_attention drops weights: p must lie in (2^-17, 1 - 2^-17), got {p}")
+    if isinstance(heads, bool) or not isinstance(heads, int) or heads < 1:
+        raise ValueError(f"packed_attention: heads must be a positive int, got {heads!r}")
     if mask is not None and not mask.is_floating_point():
         raise ValueError(f"packed_attention takes an additive float mask (-inf or a large negative = blocked), "
                          f"got a {mask.dtype} mask")
+    if mask is not None and mask.dim() not in (2, 4):  # a 3-D mask would broadcast its batch over the heads
+        raise ValueError(f"packed_attention takes a (Tq, Tk) or (B|1, H|1, Tq, Tk) mask, got shape "
+                         f"{tuple(mask.shape)}")
     parts = 3 if x_kv is None else 1
     if x_q.dim() != 3 or x_q.shape[-1] % (parts * heads):
         raise ValueError(f"x_q must be (B, T, {parts} * heads * Dh) with heads={heads}, got shape {tuple(x_q.shape)}")
