@@ -77,7 +77,9 @@ def test_incorporate_concat():
     "kwargs, match",
     [({"mode": "mix"}, "mode"), ({"layout": "zig"}, "layout"), ({"frequencies": "x"}, "frequencies"),
      ({"base": -5.0}, "base must be a finite number > 1, got -5.0"),  # gave NaN with a warning
-     ({"mode": "concat", "pe_dim": 0}, "d_model must be a positive int, got 0")],  # was d_model wide
+     ({"mode": "concat", "pe_dim": 0}, "d_model must be a positive int, got 0"),  # was d_model wide
+     ({"base": "x"}, "base must be a finite number > 1, got 'x'"),  # NumPy's TypeError named no option
+     ({"mode": "add", "pe_dim": 6}, "pe_dim=6 applies to mode='concat'; mode='add' adds d_model=4")],  # ignored
 )
 def test_bad_options(kwargs, match):
     with pytest.raises(ValueError, match=match):

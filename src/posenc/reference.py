@@ -36,7 +36,8 @@ def positional_encoding(
         raise ValueError(f"sequence_length must be a non-negative int, got {sequence_length!r}")
     if isinstance(d_model, bool) or not isinstance(d_model, (int, np.integer)) or d_model <= 0:
         raise ValueError(f"d_model must be a positive int, got {d_model!r}")
-    if not (np.isfinite(base) and base > 1):
+    if isinstance(base, bool) or not isinstance(base, (int, float, np.integer, np.floating)) or not (
+            np.isfinite(base) and base > 1):
         raise ValueError(f"base must be a finite number > 1, got {base!r}")
     if layout not in ("interleaved", "concat"):
         raise ValueError(f"layout must be 'interleaved' or 'concat', got {layout!r}")
@@ -71,6 +72,8 @@ def incorporate_positional_encoding(
         raise ValueError(f"input_embeddings must be (batch, seq, d_model), got shape {x.shape}")
     _, seq, d_model = x.shape
     if mode == "add":
+        if pe_dim is not None and pe_dim != d_model:  # an added encoding has the embeddings' width
+            raise ValueError(f"pe_dim={pe_dim} applies to mode='concat'; mode='add' adds d_model={d_model} columns")
         return x + positional_encoding(seq, d_model, **pe_options)[None]
     if mode == "concat":
         pe = positional_encoding(seq, d_model if pe_dim is None else pe_dim, **pe_options)

@@ -130,3 +130,14 @@ def test_errors() -> None:
     with pytest.raises(ValueError, match="alphabet_size"):
         TaskDataset(task="copy", options=TaskOptions(alphabet_size=27))
     assert set(TASKS) == {"copy", "reverse", "sort", "repeat", "addition", "parity", "associative_recall"}
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"train_lengths": (1.7, 3.2)}, r"train_lengths must be two ints \(min, max\), got \(1.7, 3.2\)"),  # were cut
+    ({"eval_lengths": [5, 5, 7]}, r"eval_lengths names a length twice: \[5, 5, 7\]"),  # scored twice
+    ({"eval_lengths": [5.5]}, "eval_lengths must be ints, got 5.5"),
+    ({"batch_size": 2.5}, "batch_size must be an int, got float 2.5"),
+])
+def test_bad_lengths_and_sizes_are_named(kwargs: dict, message: str) -> None:
+    with pytest.raises((TypeError, ValueError), match=message):
+        TaskDataset(task="copy", **kwargs)

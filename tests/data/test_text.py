@@ -83,3 +83,14 @@ def test_bpe_tokenizer_choice(path: pathlib.Path) -> None:
     cut = int(len(TEXT) * 0.9)
     assert ds.tokenizer.decode(ds.train_ids.tolist()) == TEXT[:cut]  # byte level: nothing lost
     assert len(ds.train_ids) < cut  # merges learned: fewer tokens than characters
+
+
+@pytest.mark.parametrize("kwargs, error, message", [
+    ({"block_size": 2.5}, TypeError, "block_size must be an int, got float 2.5"),  # failed later as an index
+    ({"batch_size": "8"}, TypeError, "batch_size must be an int, got str '8'"),
+    ({"eval_max_blocks": -1}, ValueError, r"eval_max_blocks \(0 = all\) must be an int >= 0, got -1"),  # cut one
+    ({"seed": -1}, ValueError, "seed must be an int >= 0, got -1"),  # NumPy refused it at the first batch
+])
+def test_bad_sizes_are_named(path: pathlib.Path, kwargs: dict, error: type, message: str) -> None:
+    with pytest.raises(error, match=message):
+        TextDataset(path=path, **kwargs)

@@ -34,6 +34,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .._checks import check_positive_int
 from .batch import Batch
 from .dataset import pad_lm_examples, pad_seq2seq_examples
 from .tokenizers import CharTokenizer
@@ -156,12 +157,24 @@ def example(
 def _check_range(what: str, rng: Sequence[int], limit: int | None) -> tuple[int, int]:
     if len(rng) != 2:
         raise ValueError(f"{what} must be (min, max), got {rng!r}")
+    if any(isinstance(n, bool) or not isinstance(n, (int, np.integer)) for n in rng):  # 1.7 became 1
+        raise ValueError(f"{what} must be two ints (min, max), got {tuple(rng)!r}")
     lo, hi = int(rng[0]), int(rng[1])
     if not 1 <= lo <= hi:
         raise ValueError(f"{what} must satisfy 1 <= min <= max, got ({lo}, {hi})")
     if limit is not None and hi > limit:
         raise ValueError(f"{what} max {hi} exceeds this task's largest length {limit}")
     return lo, hi
+
+
+def _check_lengths(lengths: Sequence[int]) -> list[int]:
+    """Evaluation lengths: ints, each once (a repeated one was scored and logged twice)."""
+    for n in lengths:
+        if isinstance(n, bool) or not isinstance(n, (int, np.integer)):
+            raise ValueError(f"eval_lengths must be ints, got {n!r} in {list(lengths)!r}")
+    if len(set(lengths)) != len(lengths):
+        raise ValueError(f"eval_lengths names a length twice: {list(lengths)!r}")
+    return [int(n) for n in lengths]
 
 
 class TaskDataset:
@@ -182,12 +195,11 @@ class TaskDataset:
             raise ValueError(f"model_kind must be 'lm' or 'seq2seq', got {model_kind!r}")
         for what, v in (("batch_size", batch_size), ("eval_examples", eval_examples),
                         ("eval_batch_size", eval_batch_size)):
-            if v < 1:
-                raise ValueError(f"{what} must be >= 1, got {v}")
+            check_positive_int(what, v)
         self.task, self.model_kind, self.seed, self.options = task, model_kind, seed, options
         self.train_lengths = _check_range("train_lengths", train_lengths, spec.max_length)
         self.test_lengths = _check_range("test_lengths", test_lengths, spec.max_length)
-        self.eval_lengths = [int(n) for n in eval_lengths] if eval_lengths else None
+        self.eval_lengths = _check_lengths(eval_lengths) if eval_lengths else None
         for n in self.eval_lengths or []:
             _check_range(f"eval length {n}", (n, n), spec.max_length)
         self.batch_size, self.eval_examples, self.eval_batch_size = batch_size, eval_examples, eval_batch_size

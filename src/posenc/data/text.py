@@ -24,6 +24,7 @@ from collections.abc import Iterator
 import numpy as np
 import torch
 
+from .._checks import check_positive_int
 from .batch import Batch
 from .tokenizers import CharTokenizer, Tokenizer
 
@@ -71,8 +72,10 @@ class TextDataset:
         if not 0.0 < val_fraction < 1.0:
             raise ValueError(f"val_fraction must lie in (0, 1), got {val_fraction}")
         for what, v in (("block_size", block_size), ("batch_size", batch_size), ("eval_batch_size", eval_batch_size)):
-            if v < 1:
-                raise ValueError(f"{what} must be >= 1, got {v}")
+            check_positive_int(what, v)  # a float block size failed later as an index, a str in a comparison
+        for what, v in (("eval_max_blocks (0 = all)", eval_max_blocks), ("seed", seed)):
+            if isinstance(v, bool) or not isinstance(v, int) or v < 0:  # -1 dropped the last block
+                raise ValueError(f"{what} must be an int >= 0, got {v!r}")
         text = read_text(path)
         cut = int(len(text) * (1.0 - val_fraction))
         train_text, val_text = text[:cut], text[cut:]
