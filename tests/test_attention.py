@@ -293,6 +293,10 @@ def test_positions_that_do_not_match_the_queries_or_keys_are_named():
     with pytest.raises(ValueError, match=r"k_pos holds 5 positions \(shape \(5,\)\) but there are 7 keys "
                                          r"\(2 cached \+ 5 new\)"):
         mha(x, q_pos=torch.arange(2, 7), cache=cache)  # the cached keys' positions are missing
+    packed = MultiHeadAttention(d_model=16, num_heads=2, dropout=0.1).train()  # NoPE, training: the packed node
+    packed.fast_dropout = True
+    with pytest.raises(ValueError, match=r"q_pos holds 3 positions \(shape \(3,\)\) but the query length is 5"):
+        packed(x, q_pos=torch.arange(3))
 
 
 @pytest.mark.parametrize("num_heads, err, message", [

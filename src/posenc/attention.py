@@ -349,6 +349,8 @@ class MultiHeadAttention(nn.Module):
         With a cache, new keys and values are appended to it."""
         p = self.dropout if self.training else 0.0
         if self._packs(x, memory, mask, cache, p):
+            if not self.cross and (q_pos is not None or k_pos is not None):  # unused here, but checked as elsewhere
+                self._self_positions(x, q_pos, k_pos, cache)
             return self.out_proj(self._packed(x, memory, mask, p))
         q, k, v = self._project(x, memory, cache)
         enc = self.encoding

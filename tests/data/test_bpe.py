@@ -87,3 +87,9 @@ def test_errors(tok: BPETokenizer) -> None:
         tok.decode([tok.vocab_size])
     with pytest.raises(ValueError, match="expected a tokenizer of kind 'bpe'"):
         BPETokenizer.from_dict({"kind": "char"})
+
+
+def test_decode_refuses_float_ids():
+    tok = BPETokenizer.train(texts=["hello world"] * 4, vocab_size=300)
+    with pytest.raises(TypeError, match="token ids must be ints, got float 3.7"):
+        tok.decode([3.7, 40.9])

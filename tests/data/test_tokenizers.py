@@ -5,6 +5,7 @@ import json
 import pathlib
 
 import pytest
+import torch
 
 from posenc.data.tokenizers import (
     CharTokenizer, Tokenizer, load_tokenizer, register_tokenizer, tokenizer_from_dict,
@@ -72,3 +73,16 @@ def test_errors(tmp_path: pathlib.Path) -> None:
         CharTokenizer(chars="a").decode([5])
     with pytest.raises(ValueError, match="already registered"):
         register_tokenizer("char", dict)
+
+
+def test_decode_takes_int_ids_only():
+    """int() read 3.7 as 3 and "5" as 5; NumPy ints and integer 0-d tensors are ids too."""
+    import numpy as np
+
+    tok = CharTokenizer.from_text("abc")
+    want = tok.decode([tok.encode("abc")[1]])
+    assert tok.decode([np.int64(tok.encode("abc")[1])]) == want
+    assert tok.decode(torch.tensor([tok.encode("abc")[1]])) == want
+    for bad in (3.7, "5"):
+        with pytest.raises(TypeError, match=f"token ids must be ints, got {type(bad).__name__}"):
+            tok.decode([bad])

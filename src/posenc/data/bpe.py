@@ -22,7 +22,7 @@ from typing import Any
 from tokenizers import Tokenizer as HFTokenizer
 from tokenizers import decoders, models, pre_tokenizers, trainers
 
-from .tokenizers import register_tokenizer
+from .tokenizers import register_tokenizer, token_id
 
 __all__ = ["BPETokenizer", "SPECIALS", "VOCAB_FLOOR"]
 
@@ -86,7 +86,7 @@ class BPETokenizer:
         """Text of ``ids``; the special ids (pad, bos, eos) are skipped."""
         body = []
         for i in ids:
-            i = int(i)
+            i = token_id(i)
             if not 0 <= i < self.vocab_size:
                 raise ValueError(f"id {i} is outside the vocabulary [0, {self.vocab_size})")
             if i >= _OFFSET:

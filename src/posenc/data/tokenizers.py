@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import operator
 import os
 import pathlib
 from collections import Counter
@@ -31,6 +32,7 @@ __all__ = [
     "canonical_json",
     "load_tokenizer",
     "register_tokenizer",
+    "token_id",
     "tokenizer_from_dict",
     "tokenizer_kinds",
 ]
@@ -57,6 +59,15 @@ class Tokenizer(Protocol):
 
 
 _REGISTRY: dict[str, type] = {}
+
+
+def token_id(i: Any) -> int:
+    """An id to decode as an int: ints, NumPy ints and integer 0-d tensors; a float or a string is a TypeError
+    (``int()`` turned 3.7 into 3 and "5" into 5 without a word)."""
+    try:
+        return operator.index(i)
+    except TypeError:
+        raise TypeError(f"token ids must be ints, got {type(i).__name__} {i!r}") from None
 
 
 def register_tokenizer(kind: str, cls: type) -> type:
@@ -177,7 +188,7 @@ class CharTokenizer:
         out = []
         n_special = len(self.specials)
         for i in ids:
-            i = int(i)
+            i = token_id(i)
             if not 0 <= i < self.vocab_size:
                 raise ValueError(f"id {i} is outside the vocabulary [0, {self.vocab_size})")
             if i >= n_special or not skip_specials:
