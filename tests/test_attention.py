@@ -292,7 +292,7 @@ def test_positions_that_do_not_match_the_queries_or_keys_are_named():
     mha(x[:, :2], cache=cache)
     with pytest.raises(ValueError, match=r"k_pos holds 5 positions \(shape \(5,\)\) but there are 7 keys "
                                          r"\(2 cached \+ 5 new\)"):
-        mha(x, q_pos=torch.arange(2, 7), cache=cache)  # the cached keys' positions are missing
+        mha(x, q_pos=torch.arange(2, 7), k_pos=torch.arange(2, 7), cache=cache)  # the cached keys' are missing
     packed = MultiHeadAttention(d_model=16, num_heads=2, dropout=0.1).train()  # NoPE, training: the packed node
     packed.fast_dropout = True
     with pytest.raises(ValueError, match=r"q_pos holds 3 positions \(shape \(3,\)\) but the query length is 5"):
@@ -308,3 +308,17 @@ def test_num_heads_must_be_a_positive_int(num_heads, err, message):
     """num_heads=0 used to be a ZeroDivisionError in the divisibility test."""
     with pytest.raises(err, match=message):
         MultiHeadAttention(d_model=8, num_heads=num_heads)
+
+
+@pytest.mark.parametrize("spec", ["rope", "alibi", "none"])
+def test_cached_steps_given_query_positions_only_equal_those_given_none(spec):
+    """With q_pos alone the cached keys sit at 0 .. L-1: the same as decoding without positions (this raised,
+    asking for k_pos, after the position checks came in; before them, ALiBi's distances were wrong)."""
+    torch.manual_seed(0)
+    kw = {"head_dim": 8} if spec == "rope" else {"num_heads": 2, "causal": True} if spec == "alibi" else {}
+    mha = MultiHeadAttention(d_model=16, num_heads=2, encoding=build(spec, **kw)).eval()
+    x = torch.randn(2, 5, 16)
+    given, plain = LayerCache(), LayerCache()
+    a = torch.cat([mha(x[:, t:t + 1], q_pos=torch.tensor([t]), cache=given) for t in range(5)], dim=1)
+    b = torch.cat([mha(x[:, t:t + 1], cache=plain) for t in range(5)], dim=1)
+    torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-6)

@@ -268,3 +268,8 @@ def test_a_p_outside_0_1_is_named(p):
             call()
     with pytest.raises(ValueError, match="keep_scale: p=1.0 drops every entry"):
         dropout.keep_scale(1.0)
+
+
+def test_a_p_that_is_no_number_is_a_type_error():
+    with pytest.raises(TypeError, match="the drop probability p must be a real number, got Tensor"):
+        keep_mask((4,), torch.tensor(0.1))

@@ -241,9 +241,11 @@ def test_a_dropout_with_hooks_is_kept_and_its_hooks_fire() -> None:
     calls = []
     drop.register_forward_hook(lambda *args: calls.append(1))
     use_fast_path(lm).train()
-    assert lm.stack.layers[0].ff.dropout is drop and type(drop) is nn.Dropout
+    assert lm.stack.layers[0].ff.dropout is drop and type(drop) is FastDropout  # the same module, hooks and all
     lm(torch.randint(0, 20, (2, 5)))
     assert calls == [1]  # the feed-forward block did not fuse past the hooked dropout
+    use_fast_path(lm, enabled=False)
+    assert lm.stack.layers[0].ff.dropout is drop and type(drop) is nn.Dropout and drop._forward_hooks
 
 
 def test_an_empty_batch_trains_on_the_fast_path() -> None:

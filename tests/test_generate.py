@@ -243,8 +243,8 @@ def test_bad_arguments_name_the_value():
     ("abc", TypeError, "seed must be an int or None, got str 'abc'"),
     (1.5, TypeError, "seed must be an int or None, got float 1.5"),
     (True, TypeError, "seed must be an int or None, got bool True"),
-    (2**70, ValueError, r"seed must lie in \[0, 2\*\*63\), got 1180591620717411303424"),
-    (-1, ValueError, r"seed must lie in \[0, 2\*\*63\), got -1"),
+    (2**70, ValueError, r"seed must lie in \[-2\*\*63, 2\*\*64\), got 1180591620717411303424"),
+    (-(2**63) - 1, ValueError, r"seed must lie in \[-2\*\*63, 2\*\*64\), got -9223372036854775809"),
 ])
 @pytest.mark.parametrize("strategy", ["greedy", "sample", "beam"])
 def test_a_bad_seed_is_named_whatever_the_strategy(seed, error, message, strategy):
@@ -255,9 +255,19 @@ def test_a_bad_seed_is_named_whatever_the_strategy(seed, error, message, strateg
         translate(small_s2s("none"), [[3]], bos_id=1, eos_id=2, max_len=2, strategy=strategy, seed=seed)
 
 
-def test_the_largest_seed_is_accepted():
-    kw = dict(max_new_tokens=3, strategy="sample", seed=2**63 - 1)
+@pytest.mark.parametrize("seed", [2**64 - 1, -(2**63), -1])
+def test_every_seed_torch_takes_is_accepted(seed):
+    kw = dict(max_new_tokens=3, strategy="sample", seed=seed)
     assert generate(trap_model(), [[PAD]], **kw) == generate(trap_model(), [[PAD]], **kw)
+
+
+def test_a_0d_tensor_option_and_a_generator_of_prompts_are_taken():
+    """Both worked before the options' type checks; they still do."""
+    model = small_lm("sinusoidal")
+    kw = dict(max_new_tokens=3, strategy="sample", seed=1, top_p=0.9)
+    want = generate(model, [[1, 2], [3]], temperature=0.7, **kw)
+    assert generate(model, ([1, 2], [3]), temperature=torch.tensor(0.7), **kw) == want
+    assert generate(model, (p for p in ([1, 2], [3])), temperature=0.7, **kw) == want
 
 
 def test_one_generator_per_row_makes_draws_independent_of_the_batch():

@@ -117,3 +117,11 @@ def test_a_pad_id_outside_the_vocabulary_is_named(build, error, message):
 def test_dim_feedforward_is_named():
     with pytest.raises(ValueError, match="dim_feedforward must be positive, got 0"):
         LanguageModel(LMConfig(vocab_size=10, dim_feedforward=0))
+
+
+def test_numpy_ints_are_ints():
+    import numpy as np
+
+    lm = LanguageModel(LMConfig(vocab_size=10, d_model=16, num_heads=2, num_layers=1, dim_feedforward=np.int64(32),
+                                pad_id=np.int64(0)))
+    assert lm(torch.randint(1, 10, (1, 4))).shape == (1, 4, 10)

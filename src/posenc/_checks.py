@@ -6,6 +6,7 @@ Never ``assert``: ``python -O`` strips asserts, and these checks must still fire
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Sequence
 from typing import Any
 
@@ -37,11 +38,12 @@ def bool_word(text: str) -> bool | None:
 
 
 def check_positive_int(name: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
+    """An int > 0 (a NumPy int too; not a bool or a float), returned as a Python int."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise TypeError(f"{name} must be an int, got {type(value).__name__} {value!r}")
     if value <= 0:
         raise ValueError(f"{name} must be positive, got {value}")
-    return value
+    return int(value)
 
 
 def check_base(base: float) -> None:

@@ -317,7 +317,9 @@ class MultiHeadAttention(nn.Module):
 
         By default the queries follow the cached keys, ``arange(L, L + Tq)``, and the keys are all of them,
         ``arange(L + Tq)``, so that decoding token by token over a cache without positions equals the causal call
-        over the whole sequence (positions from 0 at every step would place each token at position 0).
+        over the whole sequence (positions from 0 at every step would place each token at position 0). With
+        ``q_pos`` alone the cached keys are taken at ``0 .. L - 1`` (where decoding without positions put them),
+        followed by the queries' positions; keys cached at other positions need their ``k_pos``.
         """
         tq, cached = x.shape[1], (0 if cache is None else cache.self_kv.length)
         if q_pos is None:
@@ -325,7 +327,8 @@ class MultiHeadAttention(nn.Module):
             if k_pos is None:
                 k_pos = torch.arange(cached + tq, device=x.device)
         if k_pos is None:
-            k_pos = q_pos
+            past = torch.arange(cached, device=q_pos.device, dtype=q_pos.dtype)
+            k_pos = torch.cat([past.expand(*q_pos.shape[:-1], cached), q_pos], dim=-1)  # (T,) or (B, T)
         if q_pos.shape[-1] != tq:
             raise ValueError(f"q_pos holds {q_pos.shape[-1]} positions (shape {tuple(q_pos.shape)}) but the query "
                              f"length is {tq}")

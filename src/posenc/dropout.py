@@ -52,7 +52,9 @@ def _threshold(p: float) -> int:
 def _check_p(p: float, name: str) -> None:
     """A drop probability in [0, 1]: NaN or a value outside gave masks that wrapped around the int16 threshold and
     depended on the tensor's size."""
-    if isinstance(p, bool) or not isinstance(p, numbers.Real) or not 0.0 <= p <= 1.0:
+    if isinstance(p, bool) or not isinstance(p, numbers.Real):
+        raise TypeError(f"{name}: the drop probability p must be a real number, got {type(p).__name__} {p!r}")
+    if not 0.0 <= p <= 1.0:
         raise ValueError(f"{name}: the drop probability p must lie in [0, 1], got {p!r}")
 
 

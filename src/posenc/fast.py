@@ -29,7 +29,7 @@ from torch import nn
 
 from .attention import MultiHeadAttention
 from .dropout import FastDropout
-from .layers import FeedForward, has_hooks
+from .layers import FeedForward
 
 __all__ = ["flush_denormals", "reuse_freed_memory", "use_fast_path"]
 
@@ -39,19 +39,17 @@ M = TypeVar("M", bound=nn.Module)
 def use_fast_path(model: M, enabled: bool = True) -> M:
     """Switch ``model`` (in place) to the fast path, or back to the plain one with ``enabled=False``.
 
-    An ``nn.Dropout(inplace=True)`` is left as it is (the fast dropout writes a new tensor), and so is a dropout
-    module with hooks (a new module would not carry them; a feed-forward block whose dropout has hooks then keeps
-    the modules' own path, so the hooks keep firing)."""
+    An ``nn.Dropout(inplace=True)`` is left as it is (the fast dropout writes a new tensor). A dropout module
+    changes class in place (``FastDropout`` adds no state), so its hooks stay on it both ways; a feed-forward block
+    whose dropout has hooks keeps the modules' own path, so they keep firing."""
     for module in list(model.modules()):
         if isinstance(module, (MultiHeadAttention, FeedForward)):
             module.fast_dropout = enabled
-        for name, child in list(module.named_children()):
-            if has_hooks(child):
-                continue
+        for child in module.children():
             if enabled and type(child) is nn.Dropout and not child.inplace:
-                setattr(module, name, FastDropout(child.p).train(child.training))
+                child.__class__ = FastDropout
             elif not enabled and type(child) is FastDropout:
-                setattr(module, name, nn.Dropout(child.p).train(child.training))
+                child.__class__ = nn.Dropout
     return model
 
 

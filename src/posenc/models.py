@@ -10,6 +10,7 @@ Legend: B batch, S source length, T target length, D model width, V vocabulary s
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -73,7 +74,7 @@ def _check_pad_id(pad_id: Any, vocabularies: dict[str, int], *, optional: bool) 
     would silently never be masked."""
     if pad_id is None and optional:
         return
-    if isinstance(pad_id, bool) or not isinstance(pad_id, int):
+    if isinstance(pad_id, bool) or not isinstance(pad_id, numbers.Integral):
         raise TypeError(f"pad_id must be an int{' or None' if optional else ''}, got {type(pad_id).__name__} "
                         f"{pad_id!r}")
     for name, size in vocabularies.items():

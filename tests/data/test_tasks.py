@@ -141,3 +141,10 @@ def test_errors() -> None:
 def test_bad_lengths_and_sizes_are_named(kwargs: dict, message: str) -> None:
     with pytest.raises((TypeError, ValueError), match=message):
         TaskDataset(task="copy", **kwargs)
+
+
+def test_numpy_ints_are_ints() -> None:
+    import numpy as np
+
+    ds = TaskDataset(task="copy", batch_size=np.int64(8), eval_examples=np.int32(4), train_lengths=(np.int64(1), 3))
+    assert ds.batch_size == 8 and ds.train_lengths == (1, 3)

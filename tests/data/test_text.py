@@ -94,3 +94,11 @@ def test_bpe_tokenizer_choice(path: pathlib.Path) -> None:
 def test_bad_sizes_are_named(path: pathlib.Path, kwargs: dict, error: type, message: str) -> None:
     with pytest.raises(error, match=message):
         TextDataset(path=path, **kwargs)
+
+
+def test_numpy_ints_are_ints(path: pathlib.Path) -> None:
+    import numpy as np
+
+    ds = TextDataset(path=path, block_size=np.int64(16), batch_size=np.int64(4), seed=np.int64(3))
+    assert (ds.block_size, type(ds.block_size)) == (16, int)
+    assert next(iter(ds.eval_batches("valid"))).inputs.shape[-1] == 16

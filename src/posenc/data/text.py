@@ -15,6 +15,7 @@ Legend: B batch, T block size.
 
 from __future__ import annotations
 
+import numbers
 import os
 import pathlib
 import warnings
@@ -74,8 +75,10 @@ class TextDataset:
         for what, v in (("block_size", block_size), ("batch_size", batch_size), ("eval_batch_size", eval_batch_size)):
             check_positive_int(what, v)  # a float block size failed later as an index, a str in a comparison
         for what, v in (("eval_max_blocks (0 = all)", eval_max_blocks), ("seed", seed)):
-            if isinstance(v, bool) or not isinstance(v, int) or v < 0:  # -1 dropped the last block
+            if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < 0:  # -1 dropped the last block
                 raise ValueError(f"{what} must be an int >= 0, got {v!r}")
+        block_size, batch_size, eval_batch_size = int(block_size), int(batch_size), int(eval_batch_size)
+        seed, eval_max_blocks = int(seed), int(eval_max_blocks)
         text = read_text(path)
         cut = int(len(text) * (1.0 - val_fraction))
         train_text, val_text = text[:cut], text[cut:]

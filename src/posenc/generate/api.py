@@ -57,7 +57,7 @@ def _check_bos(model: object, bos_id: int | None) -> None:
         raise ValueError(f"bos_id={bos_id} is not in the model's target vocabulary of {vocab} tokens")
 
 
-_SEED_LIMIT = 2**63
+_SEED_RANGE = (-(2**63), 2**64)  # what torch.Generator.manual_seed takes
 
 
 def _check_seed(seed: int | None, generator: Generators) -> None:
@@ -65,8 +65,8 @@ def _check_seed(seed: int | None, generator: Generators) -> None:
     named once: a seed and a generator together would leave one of them unused."""
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, numbers.Integral)):
         raise TypeError(f"seed must be an int or None, got {type(seed).__name__} {seed!r}")
-    if seed is not None and not 0 <= seed < _SEED_LIMIT:
-        raise ValueError(f"seed must lie in [0, 2**63), got {seed}")
+    if seed is not None and not _SEED_RANGE[0] <= seed < _SEED_RANGE[1]:
+        raise ValueError(f"seed must lie in [-2**63, 2**64), got {seed}")
     if seed is not None and generator is not None:
         raise ValueError(f"give seed ({seed}) or generator, not both: the draws come from one of them")
     if generator is None or isinstance(generator, torch.Generator):

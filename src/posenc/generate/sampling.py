@@ -34,8 +34,10 @@ Generators = torch.Generator | Sequence[torch.Generator] | None
 
 
 def check_real(name: str, value: object) -> None:
-    """A TypeError unless ``value`` is a real number: ``"1"`` or ``True`` would pass comparisons or ``float()``
-    (or fail in them with a message that names no option)."""
+    """A TypeError unless ``value`` is a real number (a 0-d non-bool tensor counts): ``"1"`` or ``True`` would
+    pass comparisons or ``float()`` (or fail in them with a message that names no option)."""
+    if isinstance(value, torch.Tensor) and value.dim() == 0 and value.dtype != torch.bool and not value.is_complex():
+        return
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name} must be a real number, got {type(value).__name__} {value!r}")
 

@@ -16,7 +16,7 @@ Legend: B batch (rows: sequences, or sequences × beams), T prompt length, S sou
 from __future__ import annotations
 
 import operator
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Protocol, runtime_checkable
 
 import numpy as np
@@ -115,6 +115,8 @@ def pad_batch(
             raise ValueError(f"{name} must hold at least one non-empty sequence, got shape {tuple(seqs.shape)}")
         ids = seqs.to(device)
         return ids, torch.zeros(ids.shape, dtype=torch.bool, device=device)
+    if isinstance(seqs, Iterable) and not isinstance(seqs, (str, bytes, Sequence, np.ndarray)):
+        seqs = list(seqs)  # a generator of prompts
     if isinstance(seqs, (str, bytes)) or not isinstance(seqs, (Sequence, np.ndarray)):
         raise TypeError(f"{name} must be a list of token-id lists or a 2-D tensor, got {type(seqs).__name__} {seqs!r}")
     lists = [_token_list(s, f"{name}[{i}]") for i, s in enumerate(seqs)]
