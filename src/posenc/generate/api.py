@@ -153,7 +153,7 @@ def generate(
     are reproducible for a given ``seed``), or ``"beam"`` (``beam_size``, ``length_penalty``; the best
     hypothesis; :func:`beam_search` gives the n best with scores).
 
-    Instead of ``seed`` (an int in [0, 2**63)), sampling can draw from ``generator``: one ``torch.Generator``
+    Instead of ``seed`` (an int in [-2**63, 2**64)), sampling can draw from ``generator``: one ``torch.Generator``
     (on the model's device) that the caller keeps using across calls, or a sequence of one per prompt, so that
     each prompt's draws depend on its own generator only and not on which prompts share its batch.
     """
