@@ -324,9 +324,9 @@ class MultiHeadAttention(nn.Module):
         tq, cached = x.shape[1], (0 if cache is None else cache.self_kv.length)
         if q_pos is None:
             q_pos = torch.arange(cached, cached + tq, device=x.device)
-            if k_pos is None:
-                k_pos = torch.arange(cached + tq, device=x.device)
-        if k_pos is None:
+        if k_pos is None and cached == 0:
+            k_pos = q_pos
+        elif k_pos is None:  # 0 .. L-1, then the queries' positions: arange(L + Tq) by default
             past = torch.arange(cached, device=q_pos.device, dtype=q_pos.dtype)
             k_pos = torch.cat([past.expand(*q_pos.shape[:-1], cached), q_pos], dim=-1)  # (T,) or (B, T)
         if q_pos.shape[-1] != tq:

@@ -193,10 +193,8 @@ class TaskDataset:
         spec = _task(task)
         if model_kind not in ("lm", "seq2seq"):
             raise ValueError(f"model_kind must be 'lm' or 'seq2seq', got {model_kind!r}")
-        for what, v in (("batch_size", batch_size), ("eval_examples", eval_examples),
-                        ("eval_batch_size", eval_batch_size)):
-            check_positive_int(what, v)
-        batch_size, eval_examples, eval_batch_size = int(batch_size), int(eval_examples), int(eval_batch_size)
+        batch_size, eval_examples, eval_batch_size = (check_positive_int(what, v) for what, v in (
+            ("batch_size", batch_size), ("eval_examples", eval_examples), ("eval_batch_size", eval_batch_size)))
         self.task, self.model_kind, self.seed, self.options = task, model_kind, seed, options
         self.train_lengths = _check_range("train_lengths", train_lengths, spec.max_length)
         self.test_lengths = _check_range("test_lengths", test_lengths, spec.max_length)

@@ -72,12 +72,12 @@ class TextDataset:
     ) -> None:
         if not 0.0 < val_fraction < 1.0:
             raise ValueError(f"val_fraction must lie in (0, 1), got {val_fraction}")
-        for what, v in (("block_size", block_size), ("batch_size", batch_size), ("eval_batch_size", eval_batch_size)):
-            check_positive_int(what, v)  # a float block size failed later as an index, a str in a comparison
+        # a float block size failed later as an index, a str in a comparison; NumPy ints become ints
+        block_size, batch_size, eval_batch_size = (check_positive_int(what, v) for what, v in (
+            ("block_size", block_size), ("batch_size", batch_size), ("eval_batch_size", eval_batch_size)))
         for what, v in (("eval_max_blocks (0 = all)", eval_max_blocks), ("seed", seed)):
             if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < 0:  # -1 dropped the last block
                 raise ValueError(f"{what} must be an int >= 0, got {v!r}")
-        block_size, batch_size, eval_batch_size = int(block_size), int(batch_size), int(eval_batch_size)
         seed, eval_max_blocks = int(seed), int(eval_max_blocks)
         text = read_text(path)
         cut = int(len(text) * (1.0 - val_fraction))

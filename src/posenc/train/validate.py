@@ -20,6 +20,13 @@ def _at_least(what: str, value: float, low: float) -> None:
         raise ValueError(f"{what} must be a finite number >= {low:g}, got {value}")
 
 
+def _at_least_one(*settings: tuple[str, int]) -> None:
+    """Counts and sizes: each ``(name, value)`` must be >= 1."""
+    for what, v in settings:
+        if v < 1:
+            raise ValueError(f"{what} must be >= 1, got {v}")
+
+
 def _within(what: str, value: float, low: float, high: float, *, high_open: bool = False) -> None:
     inside = low <= value < high if high_open else low <= value <= high
     if not inside:
@@ -28,10 +35,8 @@ def _within(what: str, value: float, low: float, high: float, *, high_open: bool
 
 def _check_train(cfg: RunConfig) -> None:
     t = cfg.train
-    for what, v in (("train.steps", t.steps), ("train.grad_accum", t.grad_accum), ("train.log_every", t.log_every),
-                    ("train.checkpoint_every", t.checkpoint_every)):
-        if v < 1:
-            raise ValueError(f"{what} must be >= 1, got {v}")
+    _at_least_one(("train.steps", t.steps), ("train.grad_accum", t.grad_accum), ("train.log_every", t.log_every),
+                  ("train.checkpoint_every", t.checkpoint_every))
     check_choice("train.precision", t.precision, ("fp32", "bf16"))
     check_choice("train.attention", t.attention, ("auto", "fused", "math"))
     check_choice("train.time_limit_clock", t.time_limit_clock, ("wall", "cpu"))
@@ -62,10 +67,8 @@ def _check_optim(cfg: RunConfig) -> None:
 
 def _check_model_and_eval(cfg: RunConfig) -> None:
     m, e = cfg.model, cfg.eval
-    for what, v in (("model.d_model", m.d_model), ("model.num_heads", m.num_heads),
-                    ("model.dim_feedforward", m.dim_feedforward)):
-        if v < 1:
-            raise ValueError(f"{what} must be >= 1, got {v}")
+    _at_least_one(("model.d_model", m.d_model), ("model.num_heads", m.num_heads),
+                  ("model.dim_feedforward", m.dim_feedforward))
     _within("model.dropout", m.dropout, 0.0, 1.0)
     if m.kind == "lm" and m.decoder_encoding:
         raise ValueError(f"model.decoder_encoding ({m.decoder_encoding!r}) is for seq2seq models; a model.kind 'lm' "
@@ -81,23 +84,17 @@ def _check_data(cfg: RunConfig) -> None:
     """The data settings the dataset builders would refuse under their own parameter names (``batch_size``), named
     as settings here; only those of the chosen ``data.kind`` are looked at."""
     d = cfg.data
-    if d.batch_size < 1:
-        raise ValueError(f"data.batch_size must be >= 1, got {d.batch_size}")
+    _at_least_one(("data.batch_size", d.batch_size))
     if d.kind == "text":
         check_choice("data.tokenizer", d.tokenizer, ("char", "bpe"))
-        if d.block_size < 1:
-            raise ValueError(f"data.block_size must be >= 1, got {d.block_size}")
+        _at_least_one(("data.block_size", d.block_size))
         if not 0.0 < d.val_fraction < 1.0:
             raise ValueError(f"data.val_fraction must lie in (0, 1), got {d.val_fraction}")
     if d.kind == "translation":
-        for what, v in (("data.max_len", d.max_len), ("data.max_tokens", d.max_tokens)):
-            if v < 1:
-                raise ValueError(f"{what} must be >= 1, got {v}")
-    if d.kind == "translation" or (d.kind == "text" and d.tokenizer == "bpe"):
-        floor = BPE_VOCAB_FLOOR
-        if d.bpe_vocab_size < floor:
-            raise ValueError(f"data.bpe_vocab_size must be >= {floor} (256 bytes + the special tokens), got "
-                             f"{d.bpe_vocab_size}")
+        _at_least_one(("data.max_len", d.max_len), ("data.max_tokens", d.max_tokens))
+    if (d.kind == "translation" or (d.kind == "text" and d.tokenizer == "bpe")) and d.bpe_vocab_size < BPE_VOCAB_FLOOR:
+        raise ValueError(f"data.bpe_vocab_size must be >= {BPE_VOCAB_FLOOR} (256 bytes + the special tokens), got "
+                         f"{d.bpe_vocab_size}")
 
 
 def check_run_config(cfg: RunConfig) -> None:
